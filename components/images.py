@@ -1,0 +1,95 @@
+"""Decode untrusted image bytes into 8-bit PNG, or say exactly why not.
+
+One function serves the extract step (source files) and any other place that takes image
+bytes from outside, so "what counts as a readable image" is decided once.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Formats read by content (the extension is never trusted).
+ACCEPTED_FORMATS = {"PNG", "JPEG", "BMP", "PPM", "TIFF"}  # PPM covers PGM/PBM
+DEFAULT_MAX_PIXELS = 64_000_000
+MIN_SIDE = 8
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an image this product can read; ``str(e)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # uint8, HxW (grayscale) or HxWx3 (RGB)
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    def png(self) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(self.pixels).save(buf, format="PNG", compress_level=3)
+        return buf.getvalue()
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode ``data`` to 8-bit grayscale or RGB pixels; raise ImageRejected with a reason."""
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    image_format = "image"
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and only later raises) on huge images; we check the size ourselves.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image_format = image.format
+            if image_format not in ACCEPTED_FORMATS:
+                raise ImageRejected(f"unsupported image format {image_format} (accepted: PNG, JPEG, BMP, PGM/PPM, TIFF)")
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageRejected(f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels:,}")
+            if min(width, height) < MIN_SIDE:
+                raise ImageRejected(f"image too small: {width}x{height} (at least {MIN_SIDE} px a side)")
+            image.load()
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image: the content is no known image format") from None
+    except Image.DecompressionBombError as e:
+        raise ImageRejected(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        # Pillow reports truncation and corrupt streams as OSError/SyntaxError.
+        raise ImageRejected(f"corrupt or truncated {image_format}: {e}") from None
+    return DecodedImage(_to_uint8(image))
+
+
+def _to_uint8(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit or float grayscale: stretch the stored range to 0..255 (window = full range).
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    if mode == "LA":
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV: Pillow's conversions to RGB (CMYK uses its
+    # inverted-ink formula; alpha is dropped, not composited, so pixel values are unchanged).
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def from_raw_gray(data: bytes, height: int, width: int) -> DecodedImage:
+    """Raw row-major uint8 grayscale pixels (the DDSM TFRecord ``image`` feature)."""
+    if len(data) != height * width:
+        raise ImageRejected(f"raw image holds {len(data)} bytes, expected {height}x{width}={height * width}")
+    return DecodedImage(np.frombuffer(data, dtype=np.uint8).reshape(height, width).copy())
