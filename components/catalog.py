@@ -17,6 +17,9 @@ class Modality:
     label_names: tuple[str, str]  # index = binary label (0, 1)
     source_format: str            # default reader in components.readers
     description: str
+    # Split groups images whose 32x32 thumbnails correlate at least this much (0: off):
+    # BUSI files frames of one lesion as separate images, sometimes under two classes.
+    near_duplicate_r: float = 0.0
 
 
 MODALITIES = {
@@ -25,7 +28,7 @@ MODALITIES = {
         Modality("mammography", ("No tumor", "Tumor"), "ddsm",
                  "DDSM ROI patches (grayscale); label_normal is the binary target"),
         Modality("ultrasound", ("Benign or normal", "Malignant"), "class_folders",
-                 "B-mode frames in benign/ malignant/ normal/ class folders"),
+                 "B-mode frames in benign/ malignant/ normal/ class folders", near_duplicate_r=0.97),
         Modality("histopathology", ("IDC negative", "IDC positive"), "idc_tree",
                  "H&E patches in the IDC <patient>/<0|1>/ tree"),
     )
