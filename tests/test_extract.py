@@ -1,0 +1,105 @@
+"""Extract on sample data and on the bad inputs a real class folder can hold."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components import catalog, extract, records, sample_data, schema
+from tests.conftest import run_cli
+
+
+def _png(arr, **kw) -> bytes:
+    buf = io.BytesIO()
+    (arr if isinstance(arr, Image.Image) else Image.fromarray(arr)).save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def messy_folder(tmp_path):
+    """A BUSI-style class folder with good images and the five awkward files of the issue."""
+    root = tmp_path / "busi"
+    sample_data.run("ultrasound", root, count=40, seed=3)
+    rgb = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+    good_png = _png(rgb)
+    (root / "benign" / "zero-bytes.png").write_bytes(b"")
+    (root / "benign" / "truncated.png").write_bytes(good_png[: len(good_png) // 2])
+    (root / "malignant" / "notes.png").write_text("radiologist notes, not an image\n")
+    deep = (np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 13)
+    (root / "malignant" / "sixteen-bit.png").write_bytes(_png(Image.fromarray(deep)))
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, format="JPEG", quality=95)
+    (root / "normal" / "cmyk.jpg").write_bytes(cmyk.getvalue())
+    (root / "benign" / "benign (1)_mask.png").write_bytes(_png(np.zeros((64, 64), np.uint8)))
+    return root, rgb, deep
+
+
+def _rows(path):
+    return {r["source_id"]: r for r in csv.DictReader(path.open())}
+
+
+def test_awkward_files_are_read_correctly_or_quarantined_with_a_reason(messy_folder, tmp_path):
+    root, rgb, deep = messy_folder
+    summary = extract.run("ultrasound", root, tmp_path / "out", max_quarantine=0.5)
+    inputs = _rows(tmp_path / "out" / "inputs.csv")
+    quarantine = {r["source_id"]: r["reason"] for r in csv.DictReader((tmp_path / "out" / "quarantine.csv").open())}
+    assert quarantine == {
+        "benign/zero-bytes.png": "empty file (0 bytes)",
+        "benign/truncated.png": "corrupt or truncated PNG: image file is truncated",
+        "malignant/notes.png": "not an image: the content is no known image format",
+    }
+    assert summary["quarantined"] == 3 and summary["skipped_by_exclude"] == 1   # the lesion mask
+    written = {schema.deserialize(r).source_id: schema.deserialize(r) for r in records.read_records(tmp_path / "out")}
+    assert len(written) == 40 + 2 == summary["records_written"]
+    # 16-bit grayscale: read, stretched to the full 8-bit range, label from its folder
+    sixteen = written["malignant/sixteen-bit.png"]
+    pixels = np.asarray(Image.open(io.BytesIO(sixteen.image_png)))
+    assert pixels.dtype == np.uint8 and pixels.shape == deep.shape
+    assert pixels.min() == 0 and pixels.max() == 255 and sixteen.label == 1
+    assert np.corrcoef(pixels.ravel(), deep.ravel())[0, 1] > 0.999
+    # CMYK JPEG: converted to RGB, close to the colours it was made from
+    cmyk = written["normal/cmyk.jpg"]
+    back = np.asarray(Image.open(io.BytesIO(cmyk.image_png)))
+    assert back.shape == rgb.shape and np.abs(back.astype(int) - rgb).mean() < 12 and cmyk.label == 0
+    assert inputs["benign/zero-bytes.png"]["status"] == "quarantined: empty file (0 bytes)"
+
+
+def test_too_many_quarantined_fails_clearly_and_publishes_nothing(messy_folder, tmp_path):
+    root, _, _ = messy_folder
+    proc = run_cli("components.extract", "--modality", "ultrasound", "--source", str(root),
+                   "--out", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2
+    assert "3 of 45 inputs (6.7%) were quarantined, above the 1.0% limit" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert (tmp_path / "out.rejected" / "quarantine.csv").exists()
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    proc = run_cli("components.extract", "--modality", "histopathology", "--source", str(tmp_path / "nope"),
+                   "--out", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2 and "is not an IDC patient tree" in proc.stderr
+
+
+@pytest.mark.parametrize("modality", list(catalog.MODALITIES))
+def test_sample_data_extracts_with_both_classes_and_patients(modality, sample_sources, tmp_path):
+    summary = extract.run(modality, sample_sources[modality], tmp_path / "ex")
+    assert summary["records_written"] == 60 and summary["quarantined"] == 0
+    assert all(n > 0 for n in summary["labels"].values())
+    recs = [schema.deserialize(r) for r in records.read_records(tmp_path / "ex")]
+    assert {r.modality for r in recs} == {modality}
+    assert len({r.source_id for r in recs}) == 60
+    if modality == "histopathology":
+        assert summary["patients"] == 6 and summary["patient_ids_from"] == "folder names"
+    json.loads((tmp_path / "ex" / "summary.json").read_text())
+
+
+def test_sample_data_is_deterministic(tmp_path):
+    a = sample_data.run("ultrasound", tmp_path / "a", count=20, seed=7)
+    b = sample_data.run("ultrasound", tmp_path / "b", count=20, seed=7)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+    assert {p.suffix for p in a.rglob("*.*")} >= {".png", ".jpg", ".bmp"}

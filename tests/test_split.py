@@ -1,0 +1,85 @@
+"""Split: patient-grouped, stratified, reproducible."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from components import extract, records, schema, split
+from tests.conftest import SHARED, needs_shared_datasets, run_cli
+
+
+def _patients_by_split(splits_dir):
+    seen = {}
+    for name in split.SPLITS:
+        seen[name] = {schema.deserialize(r).patient_id for r in records.read_records(splits_dir / name)}
+    return seen
+
+
+def _assert_disjoint(seen):
+    for a in split.SPLITS:
+        for b in split.SPLITS:
+            if a < b:
+                assert not seen[a] & seen[b], f"patients in both {a} and {b}: {sorted(seen[a] & seen[b])[:5]}"
+
+
+def test_assign_groups_covers_every_class_and_hits_fractions():
+    rng = np.random.default_rng(0)
+    groups = {f"p{i}": np.array([rng.integers(0, 8), rng.integers(0, 3)]) + [1, 0] for i in range(300)}
+    assigned = split.assign_groups(groups, (0.7, 0.15, 0.15), seed=0)
+    per_split = np.zeros((3, 2))
+    for g, s in assigned.items():
+        per_split[s] += groups[g]
+    shares = per_split.sum(axis=1) / per_split.sum()
+    assert np.allclose(shares, [0.7, 0.15, 0.15], atol=0.02)
+    positive_share = per_split[:, 1] / per_split.sum(axis=1)
+    assert np.ptp(positive_share) < 0.03
+    assert assigned == split.assign_groups(groups, (0.7, 0.15, 0.15), seed=0)
+
+
+def test_a_rare_class_held_by_three_patients_reaches_every_split():
+    groups = {"a": np.array([900, 100]), "b": np.array([500, 50]), "c": np.array([400, 80])}
+    groups.update({f"pos{i}": np.array([0, 60 + i]) for i in range(10)})
+    assigned = split.assign_groups(groups, (0.7, 0.15, 0.15), seed=5)
+    assert sorted(assigned[g] for g in "abc") == [0, 1, 2]
+
+
+def test_near_duplicates_are_merged_into_one_group():
+    thumbs = np.eye(4, dtype=np.float32)
+    thumbs = np.vstack([thumbs, thumbs[1] * 0.999 + 0.001])     # image 4 ~ image 1
+    thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True)
+    pairs = split.near_duplicate_pairs(thumbs, 0.97)
+    assert pairs == [(1, 4)]
+    assert split.merge_groups(["a", "b", "c", "d", "e"], pairs) == ["a", "b", "c", "d", "b"]
+
+
+def test_sample_histopathology_split_is_patient_wise_and_byte_reproducible(sample_sources, tmp_path):
+    run_cli("components.extract", "--modality", "histopathology", "--source",
+            str(sample_sources["histopathology"]), "--out", str(tmp_path / "ex"))
+    run_cli("components.split", "--examples", str(tmp_path / "ex"), "--out", str(tmp_path / "s1"), "--seed", "4")
+    split.run(tmp_path / "ex", tmp_path / "s2", seed=4)
+    assert (tmp_path / "s1" / "manifest.json").read_bytes() == (tmp_path / "s2" / "manifest.json").read_bytes()
+    assert (tmp_path / "s1" / "patients.csv").read_bytes() == (tmp_path / "s2" / "patients.csv").read_bytes()
+    _assert_disjoint(_patients_by_split(tmp_path / "s1"))
+    manifest = json.loads((tmp_path / "s1" / "manifest.json").read_text())
+    assert sum(s["records"] for s in manifest["splits"].values()) == manifest["records"] == 60
+    for name in split.SPLITS:
+        recs = [schema.deserialize(r) for r in records.read_records(tmp_path / "s1" / name)]
+        assert manifest["splits"][name]["content_sha256"] == records.content_digest(
+            records.sha256_bytes(schema.serialize(r)) for r in recs)
+
+
+@needs_shared_datasets()
+def test_real_idc_tree_no_patient_in_two_splits_and_same_seed_same_manifest(tmp_path):
+    extract.run("histopathology", SHARED / "idc", tmp_path / "ex")
+    a = split.run(tmp_path / "ex", tmp_path / "a", seed=11)
+    split.run(tmp_path / "ex", tmp_path / "b", seed=11)
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+    seen = _patients_by_split(tmp_path / "a")
+    _assert_disjoint(seen)
+    assert set().union(*seen.values()) == {p.name for p in (SHARED / "idc").iterdir() if p.is_dir()}
+    # only three patients have IDC-negative patches: one must land in each split
+    negatives = {r["patient_id"]: r["split"] for r in csv.DictReader((tmp_path / "a" / "patients.csv").open())
+                 if int(r["negatives"]) > 0}
+    assert sorted(negatives.values()) == ["test", "train", "validation"]
+    assert a["records"] == 5941
