@@ -35,3 +35,7 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty(),
                 dynamic_ncols=True, leave=False)
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty()

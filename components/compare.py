@@ -1,0 +1,61 @@
+"""Paired comparison of models scored on the same examples: DeLong's test of AUC differences.
+
+Reads the ``predictions.csv`` of two or more ``components.evaluate`` outputs, joins them on
+``source_id`` (it refuses models scored on different examples) and tests every pair.
+
+    python -m components.compare EVAL_DIR EVAL_DIR [...] [--out comparison.json]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from components import cli, stats
+from components.atomic import write_json
+
+
+def load_predictions(evaluation_dir: Path) -> tuple[str, dict[str, tuple[int, float]]]:
+    name = json.loads((evaluation_dir / "metrics.json").read_text())["model_name"]
+    with (evaluation_dir / "predictions.csv").open(newline="") as f:
+        return name, {r["source_id"]: (int(r["label"]), float(r["probability"])) for r in csv.DictReader(f)}
+
+
+def run(evaluation_dirs: list[str | Path], out: str | Path | None = None) -> list[dict]:
+    if len(evaluation_dirs) < 2:
+        raise cli.UserError("give at least two evaluation folders to compare")
+    loaded = [load_predictions(Path(d)) for d in evaluation_dirs]
+    ids = sorted(loaded[0][1])
+    for name, preds in loaded[1:]:
+        if sorted(preds) != ids:
+            raise cli.UserError(f"{loaded[0][0]} and {name} were scored on different examples; "
+                                "a paired test needs the same ones (evaluate both on the same split)")
+    y = np.array([loaded[0][1][i][0] for i in ids])
+    results = []
+    for (name_a, a), (name_b, b) in itertools.combinations(loaded, 2):
+        test = stats.delong(y, np.array([a[i][1] for i in ids]), np.array([b[i][1] for i in ids]))
+        results.append({"model_1": name_a, "model_2": name_b, "records": len(ids), **test})
+    if out:
+        write_json(out, {"test": "DeLong (paired ROC AUC)", "comparisons": results})
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m components.compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("evaluations", nargs="+", help="output folders of components.evaluate")
+    ap.add_argument("--out", help="write the comparisons as JSON here")
+    return ap
+
+
+def _cli(args, _):
+    for r in run(args.evaluations, args.out):
+        print(f"{r['model_1']} vs {r['model_2']}: AUC {r['auc_1']:.3f} vs {r['auc_2']:.3f}, "
+              f"difference {r['difference']:+.3f} (SE {r['se']:.3f}), p = {r['p_value']:.3g}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.main(build_parser(), _cli))

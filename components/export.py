@@ -1,0 +1,162 @@
+"""Export a trained, evaluated model as a TF Serving SavedModel.
+
+Signatures (decoding, channel handling, resizing and the modality's preprocessing are in the
+graph, the same functions training used):
+- ``serving_default``: ``image_bytes`` (string batch of PNG/JPEG/BMP) -> ``probability``
+  (float32), ``label`` (int64, at the threshold chosen on validation), ``threshold`` (float32);
+- ``explain``: ``image_bytes`` -> ``heatmap`` (Grad-CAM of the predicted class on the last
+  convolutional block, image_size x image_size, 0..1) and ``probability``.
+``assets.extra/`` holds ``model_card.json`` and ``tf_serving_warmup_requests``.
+
+    python -m components.export --model DIR --evaluation DIR --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from components import catalog, cli
+from components.atomic import staged_dir, write_json
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def serving_module(model, modality: str, image_size: int, threshold: float, last_conv: str):
+    import keras
+    import tensorflow as tf
+
+    from components import preprocess
+
+    class Servable(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.grad_model = keras.Model(model.inputs, [model.get_layer(last_conv).output, model.output])
+            self.threshold = tf.constant(threshold, tf.float32)
+
+        def images(self, image_bytes):
+            return tf.map_fn(lambda b: preprocess.model_input(preprocess.decode_rgb(b), modality, image_size),
+                             image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve(self, image_bytes):
+            p = tf.reshape(tf.cast(self.model(self.images(image_bytes), training=False), tf.float32), [-1])
+            return {"probability": p, "label": tf.cast(p >= self.threshold, tf.int64),
+                    "threshold": tf.fill(tf.shape(p), self.threshold)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def explain(self, image_bytes):
+            images = self.images(image_bytes)
+            with tf.GradientTape() as tape:
+                conv, prob = self.grad_model(images, training=False)
+                prob = tf.cast(prob, tf.float32)
+                # explain the decision taken: evidence for "positive" above the threshold,
+                # for "negative" below it (otherwise a negative call shows an empty map)
+                target = tf.where(prob >= self.threshold, prob, 1.0 - prob)
+            grads = tf.cast(tape.gradient(target, conv), tf.float32)
+            conv = tf.cast(conv, tf.float32)
+            weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)        # Grad-CAM channel weights
+            cam = tf.nn.relu(tf.reduce_sum(conv * weights, axis=-1, keepdims=True))
+            cam = tf.image.resize(cam, [image_size, image_size], method="bilinear")[..., 0]
+            cam = cam / (tf.reduce_max(cam, axis=[1, 2], keepdims=True) + 1e-8)
+            return {"heatmap": cam, "probability": tf.reshape(prob, [-1])}
+
+    return Servable()
+
+
+def code_version() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode == 0:
+            return rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return f"bcimaging {version('bcimaging')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def warmup_records(path: Path, model_name: str, image_size: int) -> None:
+    """TF Serving replays these at load time so the first real request is not the slow one."""
+    import tensorflow as tf
+    from PIL import Image
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((image_size, image_size, 3), 128, np.uint8)).save(buf, format="PNG")
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([buf.getvalue()], dtype=tf.string))
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        writer.write(log.SerializeToString())
+
+
+def model_card(training: dict, evaluation: dict, blessing: dict) -> dict:
+    config = training["config"]
+    spec = catalog.modality(config["modality"])
+    return {
+        "model_name": training["model_name"], "modality": spec.name, "backbone": config["backbone"],
+        "strategy": config["strategy"], "label_names": list(spec.label_names), "image_size": config["image_size"],
+        "threshold": evaluation["threshold"], "threshold_rule": evaluation["threshold_rule"],
+        "threshold_chosen_on": evaluation["threshold_chosen_on"],
+        "test_metrics": evaluation["metrics"], "test_records": evaluation["records"],
+        "test_positives": evaluation["positives"], "confidence": evaluation["confidence"],
+        "calibration_ece": evaluation["calibration"]["ece"], "blessing": blessing,
+        "data": {"splits": training["splits"], "split_content_sha256": training["split_manifest"],
+                 "train_examples": training["train_examples"]},
+        "training": {**config, "epochs_run": training["epochs_run"], "class_weights": training["class_weights"],
+                     "stages": training["stages"], "best_val_auc": training["best_val_auc"],
+                     "tensorflow": training["tensorflow"], "keras": training["keras"]},
+        "code_version": code_version(),
+        "exported_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "signatures": {"serving_default": "image_bytes -> probability, label, threshold",
+                       "explain": "image_bytes -> heatmap (Grad-CAM), probability"},
+        "intended_use": "research decision support; not a diagnostic device",
+    }
+
+
+def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from components import models
+
+    model_dir, evaluation_dir = Path(model_dir), Path(evaluation_dir)
+    training = json.loads((model_dir / "training.json").read_text())
+    evaluation = json.loads((evaluation_dir / "metrics.json").read_text())
+    blessing = json.loads((evaluation_dir / "blessing.json").read_text())
+    if evaluation["model_name"] != training["model_name"]:
+        raise cli.UserError(f"{evaluation_dir} evaluated {evaluation['model_name']}, not {training['model_name']}")
+    config = training["config"]
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    module = serving_module(model, config["modality"], config["image_size"], evaluation["threshold"],
+                            models.BACKBONES[config["backbone"]].last_conv)
+    card = model_card(training, evaluation, blessing)
+    with staged_dir(out) as stage:
+        tf.saved_model.save(module, str(stage), signatures={"serving_default": module.serve, "explain": module.explain})
+        (stage / "assets.extra").mkdir(exist_ok=True)
+        write_json(stage / "assets.extra" / "model_card.json", card)
+        warmup_records(stage / "assets.extra" / WARMUP_FILE, training["model_name"], config["image_size"])
+    return card
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m components.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="output folder of components.train")
+    ap.add_argument("--evaluation", required=True, help="output folder of components.evaluate")
+    ap.add_argument("--out", required=True, help="SavedModel folder to write")
+    return ap
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.main(build_parser(), lambda a, _: print(f"exported {run(a.model, a.evaluation, a.out)['model_name']} to {a.out}")))

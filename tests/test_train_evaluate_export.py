@@ -1,0 +1,99 @@
+"""Every backbone x strategy: train 1 epoch at 32 px on sample data, evaluate, export, reload
+the SavedModel and check it answers what the Keras model answers for the same PNG bytes."""
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import catalog, compare, evaluate, export, models, preprocess, records, schema, stats, train
+
+# (backbone, strategy) -> modality: the unfrozen cohort on one modality (so it can be compared
+# pairwise), progressive spread over the others so each modality's graph is exported once.
+COMBOS = {("resnet50", "unfrozen"): "ultrasound", ("vgg16", "unfrozen"): "ultrasound",
+          ("densenet121", "unfrozen"): "ultrasound", ("resnet50", "progressive"): "mammography",
+          ("vgg16", "progressive"): "histopathology", ("densenet121", "progressive"): "histopathology"}
+
+
+@pytest.fixture(scope="module")
+def pipeline_outputs(sample_splits, tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    outputs = {}
+    for (backbone, strategy), modality in COMBOS.items():
+        name = catalog.model_name(modality, backbone, strategy)
+        splits = sample_splits[modality]
+        config = train.TrainConfig(modality, backbone, strategy, image_size=32, epochs=1, head_epochs=1,
+                                   batch_size=16, weights="none", seed=1)
+        train.run(splits, base / name / "model", config)
+        evaluate.run(base / name / "model", splits / "test", splits / "validation", base / name / "eval",
+                     min_f1=0.0, bootstrap=200)
+        export.run(base / name / "model", base / name / "eval", base / name / "saved_model")
+        outputs[name] = base / name
+        keras.backend.clear_session()
+    return outputs
+
+
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pipeline_outputs, sample_splits):
+    backbone, strategy = combo
+    modality = COMBOS[combo]
+    name = catalog.model_name(modality, backbone, strategy)
+    out = pipeline_outputs[name]
+    training = json.loads((out / "model" / "training.json").read_text())
+    assert training["epochs_run"] == (1 if strategy == "unfrozen" else 2)
+    assert [s["stage"] for s in training["stages"]] == (
+        ["all layers"] if strategy == "unfrozen" else ["head warm-up", "top blocks unfrozen"])
+    history = json.loads((out / "model" / "history.json").read_text())
+    assert len(history["loss"]) == training["epochs_run"] and "val_auc" in history
+    assert any((out / "model" / "tensorboard").rglob("events.out.tfevents.*"))
+
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    for m in stats.METRICS:
+        v = metrics["metrics"][m]
+        assert v["ci_low"] <= v["value"] <= v["ci_high"], m
+    for png in ("roc.png", "confusion_matrix.png", "calibration.png", "learning_curves.png"):
+        assert (out / "eval" / png).stat().st_size > 1000, png
+
+    pngs = [schema.deserialize(r).image_png for r in records.read_records(sample_splits[modality] / "test")][:5]
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant(pngs))
+    model = keras.models.load_model(out / "model" / "model.keras", compile=False)
+    x = tf.stack([preprocess.model_input(preprocess.decode_rgb(b), modality, 32) for b in pngs])
+    expected = model(x, training=False).numpy().reshape(-1)
+    np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-5)
+    threshold = metrics["threshold"]
+    assert np.allclose(served["threshold"].numpy(), threshold)
+    assert np.array_equal(served["label"].numpy(), (served["probability"].numpy() >= np.float32(threshold)).astype(np.int64))
+    heat = loaded.signatures["explain"](image_bytes=tf.constant(pngs[:2]))["heatmap"].numpy()
+    assert heat.shape == (2, 32, 32) and np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1 + 1e-6
+
+    card = json.loads((out / "saved_model" / "assets.extra" / "model_card.json").read_text())
+    assert card["model_name"] == name and card["threshold"] == threshold
+    assert card["label_names"] == list(catalog.modality(modality).label_names)
+    assert set(card["test_metrics"]) == set(stats.METRICS)
+    assert card["data"]["split_content_sha256"]["test"]
+    assert (out / "saved_model" / "assets.extra" / export.WARMUP_FILE).stat().st_size > 0
+
+
+def test_threshold_on_test_is_the_one_chosen_on_validation(pipeline_outputs, sample_splits):
+    out = pipeline_outputs["ultrasound-resnet50-unfrozen"]
+    splits = sample_splits["ultrasound"]
+    model = keras.models.load_model(out / "model" / "model.keras", compile=False)
+    yv, pv, _, _ = evaluate.score(model, splits / "validation", "ultrasound", 32)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["threshold"] == pytest.approx(stats.choose_threshold(yv, pv))
+    assert metrics["threshold_chosen_on"].endswith("validation")
+    yt, pt, _, _ = evaluate.score(model, splits / "test", "ultrasound", 32)
+    assert metrics["metrics"]["f1"]["value"] == pytest.approx(stats.at_threshold(yt, pt, metrics["threshold"])["f1"])
+
+
+def test_cohort_backbones_are_compared_pairwise_with_delong(pipeline_outputs, tmp_path):
+    dirs = [pipeline_outputs[n] / "eval" for n in catalog.cohort_models("ultrasound", "unfrozen")]
+    results = compare.run(dirs, tmp_path / "cmp.json")
+    assert len(results) == 3 and all(0 <= r["p_value"] <= 1 for r in results)
+    assert json.loads((tmp_path / "cmp.json").read_text())["test"].startswith("DeLong")
+    mixed = [pipeline_outputs["ultrasound-resnet50-unfrozen"] / "eval",
+             pipeline_outputs["mammography-resnet50-progressive"] / "eval"]
+    with pytest.raises(Exception, match="scored on different examples"):
+        compare.run(mixed)
