@@ -1,12 +1,14 @@
 """Export a trained, evaluated model as a TF Serving SavedModel.
 
-Signatures (decoding, channel handling, resizing and the modality's preprocessing are in the
-graph, the same functions training used):
+Signatures (decoding, channel handling, Macenko stain normalization with the train-fitted
+reference when the training tiles had it, resizing and the modality's preprocessing are in the
+graph, the same functions and reference training used):
 - ``serving_default``: ``image_bytes`` (string batch of PNG/JPEG/BMP) -> ``probability``
   (float32), ``label`` (int64, at the threshold chosen on validation), ``threshold`` (float32);
 - ``explain``: ``image_bytes`` -> ``heatmap`` (Grad-CAM of the predicted class on the last
   convolutional block, image_size x image_size, 0..1) and ``probability``.
-``assets.extra/`` holds ``model_card.json`` and ``tf_serving_warmup_requests``.
+``assets.extra/`` holds ``model_card.json``, ``tf_serving_warmup_requests`` and the evaluation's
+pictures (ROC, confusion matrix, calibration, learning curves).
 
     python -m components.export --model DIR --evaluation DIR --out DIR
 """
@@ -16,6 +18,7 @@ import argparse
 import datetime
 import io
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,13 +28,21 @@ from components import catalog, cli
 from components.atomic import staged_dir, write_json
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+PICTURES = ("roc.png", "confusion_matrix.png", "calibration.png", "learning_curves.png")
 
 
-def serving_module(model, modality: str, image_size: int, threshold: float, last_conv: str):
+def serving_module(model, modality: str, image_size: int, threshold: float, last_conv: str,
+                   stain_reference=None):
     import keras
     import tensorflow as tf
 
-    from components import preprocess
+    from components import preprocess, stain
+
+    def prepare(image_bytes):
+        image = preprocess.decode_rgb(image_bytes)
+        if stain_reference is not None:
+            image = stain.normalize_tf(image, stain_reference)
+        return preprocess.model_input(image, modality, image_size)
 
     class Servable(tf.Module):
         def __init__(self):
@@ -41,8 +52,8 @@ def serving_module(model, modality: str, image_size: int, threshold: float, last
             self.threshold = tf.constant(threshold, tf.float32)
 
         def images(self, image_bytes):
-            return tf.map_fn(lambda b: preprocess.model_input(preprocess.decode_rgb(b), modality, image_size),
-                             image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+            return tf.map_fn(prepare, image_bytes,
+                             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve(self, image_bytes):
@@ -112,6 +123,7 @@ def model_card(training: dict, evaluation: dict, blessing: dict) -> dict:
         "test_metrics": evaluation["metrics"], "test_records": evaluation["records"],
         "test_positives": evaluation["positives"], "confidence": evaluation["confidence"],
         "calibration_ece": evaluation["calibration"]["ece"], "blessing": blessing,
+        "stain_normalization": training.get("stain"),
         "data": {"splits": training["splits"], "split_content_sha256": training["split_manifest"],
                  "train_examples": training["train_examples"]},
         "training": {**config, "epochs_run": training["epochs_run"], "class_weights": training["class_weights"],
@@ -129,7 +141,7 @@ def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path) -> d
     import keras
     import tensorflow as tf
 
-    from components import models
+    from components import models, stain
 
     model_dir, evaluation_dir = Path(model_dir), Path(evaluation_dir)
     training = json.loads((model_dir / "training.json").read_text())
@@ -139,13 +151,17 @@ def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path) -> d
         raise cli.UserError(f"{evaluation_dir} evaluated {evaluation['model_name']}, not {training['model_name']}")
     config = training["config"]
     model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    reference = stain.reference_from_json(training["stain"]) if training.get("stain") else None
     module = serving_module(model, config["modality"], config["image_size"], evaluation["threshold"],
-                            models.BACKBONES[config["backbone"]].last_conv)
+                            models.BACKBONES[config["backbone"]].last_conv, reference)
     card = model_card(training, evaluation, blessing)
     with staged_dir(out) as stage:
         tf.saved_model.save(module, str(stage), signatures={"serving_default": module.serve, "explain": module.explain})
         (stage / "assets.extra").mkdir(exist_ok=True)
         write_json(stage / "assets.extra" / "model_card.json", card)
+        for picture in PICTURES:            # shown on the gateway's model page
+            if (evaluation_dir / picture).exists():
+                shutil.copy(evaluation_dir / picture, stage / "assets.extra" / picture)
         warmup_records(stage / "assets.extra" / WARMUP_FILE, training["model_name"], config["image_size"])
     return card
 

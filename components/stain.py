@@ -184,3 +184,64 @@ def build_parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     raise SystemExit(cli.main(build_parser(), lambda a, _: print(json.dumps(run(a.splits, a.out, a.reference_tiles, a.seed)))))
+
+
+# ------------------------------------------------------------------ the same method in the graph
+def _percentile_tf(values, q: float):
+    """numpy's default (linear) percentile along axis 0, in TensorFlow."""
+    import tensorflow as tf
+
+    sorted_values = tf.sort(values, axis=0)
+    n = tf.cast(tf.shape(values)[0], tf.float32)
+    position = q / 100.0 * (n - 1.0)
+    lo = tf.cast(tf.floor(position), tf.int32)
+    hi = tf.minimum(lo + 1, tf.shape(values)[0] - 1)
+    frac = position - tf.floor(position)
+    return tf.gather(sorted_values, lo) * (1.0 - frac) + tf.gather(sorted_values, hi) * frac
+
+
+def normalize_tf(rgb, reference: StainReference):
+    """:func:`normalize` as TensorFlow ops on one uint8 HxWx3 image, so an exported
+    histopathology model normalizes a raw upload exactly as the stain step normalized its
+    training tiles (same thresholds, same fallbacks; float32 instead of float64)."""
+    import tensorflow as tf
+
+    ref_stains = tf.constant(reference.stains, tf.float32)
+    ref_max = tf.constant(reference.max_concentrations, tf.float32)
+    od = -tf.math.log((tf.cast(tf.reshape(rgb, [-1, 3]), tf.float32) + 1.0) / 256.0)
+    tissue = tf.boolean_mask(od, tf.reduce_max(od, axis=1) > OD_THRESHOLD)
+    n = tf.shape(tissue)[0]
+    enough = tf.cast(n, tf.float32) >= tf.maximum(
+        float(MIN_TISSUE_PIXELS), MIN_TISSUE_FRACTION * tf.cast(tf.shape(od)[0], tf.float32))
+
+    def tile_stains():
+        centred = tissue - tf.reduce_mean(tissue, axis=0, keepdims=True)
+        cov = tf.matmul(centred, centred, transpose_a=True) / tf.cast(n - 1, tf.float32)
+        _, vecs = tf.linalg.eigh(cov)
+        plane = vecs[:, 1:3]
+        plane = plane * tf.where(tf.reduce_sum(plane, axis=0) < 0, -1.0, 1.0)
+        t = tf.matmul(tissue, plane)
+        phi = tf.atan2(t[:, 1], t[:, 0])
+        lo, hi = _percentile_tf(phi, ANGLE_PERCENTILE), _percentile_tf(phi, 100 - ANGLE_PERCENTILE)
+        v1 = tf.linalg.matvec(plane, tf.stack([tf.cos(lo), tf.sin(lo)]))
+        v2 = tf.linalg.matvec(plane, tf.stack([tf.cos(hi), tf.sin(hi)]))
+        stains = tf.where(v1[0] > v2[0], tf.stack([v1, v2]), tf.stack([v2, v1]))
+        norms = tf.norm(stains, axis=1, keepdims=True)
+        cosine = tf.abs(tf.reduce_sum(stains[0] * stains[1])) / tf.reduce_prod(norms)
+        ok = tf.reduce_all(tf.math.is_finite(stains)) & tf.reduce_all(norms >= 1e-6) & (cosine <= 0.999)
+        return tf.where(ok, stains / tf.maximum(norms, 1e-6), ref_stains)
+
+    def normalized():
+        stains = tile_stains()
+        unmix = tf.linalg.pinv(stains)
+        max_c = tf.maximum(_percentile_tf(tf.nn.relu(tf.matmul(tissue, unmix)), 99.0), 1e-6)
+        c = tf.nn.relu(tf.matmul(od, unmix)) * (ref_max / max_c)
+        out = 256.0 * tf.exp(-tf.matmul(c, ref_stains)) - 1.0
+        return tf.reshape(tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), tf.shape(rgb))
+
+    return tf.cond(enough, normalized, lambda: tf.identity(rgb))
+
+
+def reference_from_json(stain: dict) -> StainReference:
+    return StainReference(np.asarray(stain["stains_he_od"], np.float32),
+                          np.asarray(stain["max_concentrations"], np.float32))

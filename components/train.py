@@ -119,6 +119,9 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
             "config": asdict(config), "class_weights": weights,
             "train_examples": {"negatives": negatives, "positives": positives},
             "splits": str(splits.resolve()), "split_manifest": _manifest_hashes(splits),
+            # the stain reference the training tiles were normalized with: export puts the same
+            # normalization in the serving graph, so raw uploads are treated like training tiles
+            "stain": _manifest(splits).get("stain"),
             "stages": stages, "epochs_run": len(history.get("loss", [])),
             "best_val_auc": max(history.get("val_auc", [0.0])), "gpus": n_gpus,
             "mixed_precision": n_gpus > 0, "started_utc": started.isoformat(timespec="seconds"),
@@ -132,12 +135,13 @@ def _merge(history: dict, new: dict) -> None:
         history.setdefault(key, []).extend(float(v) for v in values)
 
 
-def _manifest_hashes(splits: Path) -> dict:
+def _manifest(splits: Path) -> dict:
     path = splits / "manifest.json"
-    if not path.exists():
-        return {}
-    manifest = json.loads(path.read_text())
-    return {name: info.get("content_sha256") for name, info in manifest.get("splits", {}).items()}
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _manifest_hashes(splits: Path) -> dict:
+    return {name: info.get("content_sha256") for name, info in _manifest(splits).get("splits", {}).items()}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components import extract, sample_data, split
+from components import extract, sample_data, split, stain
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -35,10 +35,15 @@ def sample_sources(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def sample_splits(sample_sources, tmp_path_factory) -> dict[str, Path]:
+    """Training-ready splits per modality, as a pipeline makes them: histopathology's are
+    stain-normalized (``splits-stained``); the raw splits stay beside them (``splits``)."""
     base = tmp_path_factory.mktemp("sample-splits")
     out = {}
     for modality, source in sample_sources.items():
         extract.run(modality, source, base / modality / "examples")
         split.run(base / modality / "examples", base / modality / "splits", seed=1)
         out[modality] = base / modality / "splits"
+        if modality == "histopathology":
+            stain.run(out[modality], base / modality / "splits-stained")
+            out[modality] = base / modality / "splits-stained"
     return out

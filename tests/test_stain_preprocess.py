@@ -91,3 +91,17 @@ def test_mono_becomes_rgb_and_model_input_is_identical_in_eager_and_tf_data():
             lambda x: preprocess.model_input(x, modality, 32)))).numpy()
         assert eager.shape == (32, 32, 3) and eager.dtype == np.float32
         assert np.array_equal(eager, graph)
+
+
+def test_graph_normalization_matches_the_stain_step_within_one_grey_level(reference):
+    """The exported model normalizes raw uploads in TensorFlow; it must treat them as the
+    numpy stain step treated the training tiles."""
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        h_vec, e_vec = sample_data._stain(rng, sample_data.H_STAIN), sample_data._stain(rng, sample_data.E_STAIN)
+        tile = sample_data.he_patch(rng, i % 2, h_vec, e_vec, (50, 50))
+        expected, _ = stain.normalize(tile, reference)
+        got = stain.normalize_tf(tf.constant(tile), reference).numpy()
+        assert got.dtype == np.uint8 and np.abs(got.astype(int) - expected).max() <= 1
+    white = np.full((50, 50, 3), 255, np.uint8)
+    assert np.array_equal(stain.normalize_tf(tf.constant(white), reference).numpy(), white)

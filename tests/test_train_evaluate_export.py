@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import catalog, compare, evaluate, export, models, preprocess, records, schema, stats, train
+from components import catalog, compare, evaluate, export, models, preprocess, records, schema, stain, stats, train
 
 # (backbone, strategy) -> modality: the unfrozen cohort on one modality (so it can be compared
 # pairwise), progressive spread over the others so each modality's graph is exported once.
@@ -55,11 +55,19 @@ def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pi
     for png in ("roc.png", "confusion_matrix.png", "calibration.png", "learning_curves.png"):
         assert (out / "eval" / png).stat().st_size > 1000, png
 
-    pngs = [schema.deserialize(r).image_png for r in records.read_records(sample_splits[modality] / "test")][:5]
+    raw_test = sample_splits[modality].parent / "splits" / "test"      # as an uploader sends them
+    pngs = [schema.deserialize(r).image_png for r in records.read_records(raw_test)][:5]
     loaded = tf.saved_model.load(str(out / "saved_model"))
     served = loaded.signatures["serving_default"](image_bytes=tf.constant(pngs))
     model = keras.models.load_model(out / "model" / "model.keras", compile=False)
-    x = tf.stack([preprocess.model_input(preprocess.decode_rgb(b), modality, 32) for b in pngs])
+    reference = stain.reference_from_json(training["stain"]) if training["stain"] else None
+    assert (reference is not None) == (modality == "histopathology")
+
+    def prepared(b):
+        image = preprocess.decode_rgb(b)
+        return preprocess.model_input(stain.normalize_tf(image, reference) if reference else image, modality, 32)
+
+    x = tf.stack([prepared(b) for b in pngs])
     expected = model(x, training=False).numpy().reshape(-1)
     np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-5)
     threshold = metrics["threshold"]

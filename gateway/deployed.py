@@ -1,0 +1,62 @@
+"""What is deployed, read from the model repository: model cards of each model's newest
+version. Routes and pages come from here, not from code, so adding a model or a modality to
+the repository needs no gateway change."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from components import catalog
+from serving import repository
+
+PICTURES = ("roc.png", "confusion_matrix.png", "calibration.png", "learning_curves.png")
+
+
+class Deployed:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._key = None
+        self._cards: dict[str, dict] = {}
+
+    def _state_key(self):
+        """Changes when a model or version appears or goes (cheap: directory listings)."""
+        return tuple((m, tuple(repository.versions(self.root, m))) for m in repository.models(self.root))
+
+    def cards(self) -> dict[str, dict]:
+        key = self._state_key()
+        with self._lock:
+            if key != self._key:
+                cards = {}
+                for name, versions in key:
+                    try:
+                        card = repository.card(self.root, name, versions[-1])
+                    except (OSError, ValueError):
+                        continue             # a version without a card is not offered
+                    cards[name] = {**card, "version": versions[-1]}
+                self._cards, self._key = cards, key
+            return self._cards
+
+    def card(self, name: str) -> dict | None:
+        return self.cards().get(name)
+
+    def modalities(self) -> dict[str, dict[str, list[str]]]:
+        """modality -> strategy -> model names, backbones in the catalog's order."""
+        order = {b: i for i, b in enumerate(catalog.BACKBONES)}
+        out: dict[str, dict[str, list[str]]] = {}
+        for name, card in sorted(self.cards().items()):
+            out.setdefault(card["modality"], {}).setdefault(card["strategy"], []).append(name)
+        for strategies in out.values():
+            for names in strategies.values():
+                names.sort(key=lambda n: order.get(self.cards()[n]["backbone"], 99))
+        return out
+
+    def cohort(self, modality: str, strategy: str) -> list[str]:
+        return self.modalities().get(modality, {}).get(strategy, [])
+
+    def picture(self, name: str, filename: str) -> Path | None:
+        card = self.card(name)
+        if card is None or filename not in PICTURES:
+            return None
+        path = self.root / name / str(card["version"]) / "assets.extra" / filename
+        return path if path.is_file() else None

@@ -1,0 +1,111 @@
+"""HTML pages (people): home, a hub per modality, a page per model, a compare page per cohort,
+and the cross-modality results. Errors are shown inline on the page the person was on."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, render_template, request, send_file
+
+from components import stats
+from gateway import service
+from gateway.app import parts
+from gateway.uploads import UploadError, read_image
+from serving.client import ServingRejected, ServingUnavailable
+
+blueprint = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
+                      static_url_path="/static")
+METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Sensitivity (recall)",
+                "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC"}
+
+
+def _render(template: str, status: int = 200, **context):
+    deployed = parts()["deployed"]
+    return render_template(template, modalities=deployed.modalities(), cards=deployed.cards(),
+                           metric_names=METRIC_NAMES, metric_keys=stats.METRICS, **context), status
+
+
+def _attempt(fn):
+    """Run a prediction; on failure return (None, status, message) for the inline banner."""
+    try:
+        return fn(), 200, None
+    except UploadError as e:
+        parts()["metrics"].rejected.labels(str(e.status)).inc()
+        return None, e.status, f"That file could not be used: {e}"
+    except ServingUnavailable:
+        parts()["metrics"].unavailable.inc()
+        return None, 503, "The model server is unavailable right now. Please try again in a minute."
+    except ServingRejected as e:
+        return None, 400, f"The model could not read this image: {e}"
+
+
+@blueprint.get("/")
+def home():
+    return _render("home.html")
+
+
+@blueprint.get("/modalities/<modality>")
+def modality(modality):
+    if modality not in parts()["deployed"].modalities():
+        abort(404)
+    return _render("modality.html", modality=modality)
+
+
+@blueprint.route("/models/<name>", methods=["GET", "POST"])
+def model(name):
+    p = parts()
+    card = p["deployed"].card(name)
+    if card is None:
+        abort(404)
+    result, status, message, overlay = None, 200, None, None
+    if request.method == "POST":
+        def run():
+            png = read_image(request, p["config"].max_upload_bytes, p["config"].max_pixels)
+            prediction = service.predict(p["client"], card, name, png)
+            p["metrics"].predictions.labels(name).inc()
+            return prediction, service.explain_overlay(p["client"], name, png)
+        outcome, status, message = _attempt(run)
+        if outcome:
+            result, overlay = outcome
+    return _render("model.html", status, name=name, card=card, result=result, overlay=overlay, error=message)
+
+
+@blueprint.route("/cohorts/<modality>/<strategy>", methods=["GET", "POST"])
+def cohort(modality, strategy):
+    p = parts()
+    names = p["deployed"].cohort(modality, strategy)
+    if not names:
+        abort(404)
+    result, status, message = None, 200, None
+    if request.method == "POST":
+        def run():
+            png = read_image(request, p["config"].max_upload_bytes, p["config"].max_pixels)
+            return service.compare(p["client"], p["deployed"].cards(), names, png)
+        result, status, message = _attempt(run)
+    return _render("compare.html", status, modality=modality, strategy=strategy, names=names, result=result,
+                   error=message)
+
+
+@blueprint.get("/results")
+def results():
+    return _render("results.html")
+
+
+@blueprint.get("/models/<name>/pictures/<filename>")
+def picture(name, filename):
+    path = parts()["deployed"].picture(name, filename)
+    if path is None:
+        abort(404)
+    return send_file(path, mimetype="image/png", max_age=300)
+
+
+@blueprint.app_errorhandler(404)
+def not_found(e):
+    if request.path.startswith("/api/"):
+        return {"error": f"no such endpoint: {request.path}", "status": 404}, 404
+    return _render("error.html", 404, error="There is no such page. Pick a modality or model from the menu.")
+
+
+@blueprint.app_errorhandler(413)
+def too_large(e):
+    message = f"The upload is larger than the limit of {parts()['config'].max_upload_bytes:,} bytes."
+    if request.path.startswith("/api/"):
+        return {"error": message, "status": 413}, 413
+    return _render("error.html", 413, error=message)

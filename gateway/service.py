@@ -1,0 +1,68 @@
+"""Predictions for the gateway: one model, a cohort side by side, and the Grad-CAM overlay.
+HTTP concerns live in the blueprints; this module speaks to the model server and turns its
+answers into what people and programs read."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+from serving.client import Prediction, ServingClient, ServingRejected, ServingUnavailable
+
+
+class NotDeployed(Exception):
+    pass
+
+
+def _result(card: dict, prediction: Prediction) -> dict:
+    probability = float(prediction.outputs["probability"][0])
+    label = int(prediction.outputs["label"][0])
+    return {"model": prediction.model, "version": prediction.version, "probability": round(probability, 6),
+            "label": label, "label_name": card["label_names"][label],
+            "threshold": round(float(prediction.outputs["threshold"][0]), 6),
+            "confidence": round(probability if label == 1 else 1.0 - probability, 6)}
+
+
+def predict(client: ServingClient, card: dict | None, name: str, png: bytes) -> dict:
+    if card is None:
+        raise NotDeployed(f"no model named {name!r} is deployed")
+    return _result(card, client.predict(name, png))
+
+
+def compare(client: ServingClient, cards: dict[str, dict], names: list[str], png: bytes) -> dict:
+    """The cohort's models asked in parallel; agreement says whether their labels concur."""
+    results = []
+    for name, outcome in zip(names, client.predict_many(names, png)):
+        if isinstance(outcome, ServingUnavailable):
+            raise outcome
+        if isinstance(outcome, ServingRejected):
+            results.append({"model": name, "error": str(outcome)})
+        else:
+            results.append(_result(cards[name], outcome))
+    labels = [r["label"] for r in results if "label" in r]
+    agree = max(labels.count(0), labels.count(1)) if labels else 0
+    return {"models": results, "agreement": {"agreeing": agree, "of": len(labels),
+                                             "unanimous": bool(labels) and agree == len(labels)}}
+
+
+def explain_overlay(client: ServingClient, name: str, png: bytes) -> str:
+    """A data: URI of the upload (at the model's input size) under its Grad-CAM heat map."""
+    heat = client.predict(name, png, signature="explain").outputs["heatmap"][0]
+    size = heat.shape[:2]
+    base = Image.open(io.BytesIO(png)).convert("RGB").resize((size[1], size[0]))
+    display = 256 if max(size) < 256 else max(size)
+    colours = _jet(np.clip(heat, 0, 1))
+    overlay = Image.blend(base, Image.fromarray(colours), alpha=0.45).resize((display, display), Image.BILINEAR)
+    buf = io.BytesIO()
+    overlay.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _jet(v: np.ndarray) -> np.ndarray:
+    """Blue (0) -> red (1) colour map for a heat map in [0, 1]."""
+    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)

@@ -1,0 +1,62 @@
+"""Uploads: read in memory (never written to disk), checked by content, not by extension.
+
+Accepted: PNG, JPEG, BMP (and PGM/TIFF), grayscale, RGB, CMYK or 16-bit, up to a byte limit
+and a pixel limit (a decompression bomb is refused before it is decoded). The image is
+re-encoded as 8-bit PNG for the model server, so every model sees the same kind of input.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+from flask import Request
+
+from components import images
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class InMemoryRequest(Request):
+    """Werkzeug spools large multipart files to temporary files; keep them in memory."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+def read_image(request: Request, max_bytes: int, max_pixels: int) -> bytes:
+    """The uploaded image as 8-bit PNG bytes, or UploadError saying what was wrong."""
+    data = _raw_bytes(request)
+    if len(data) > max_bytes:
+        raise UploadError(413, f"the image is {len(data):,} bytes; the limit is {max_bytes:,}")
+    try:
+        decoded = images.decode(data, max_pixels)
+    except images.ImageRejected as e:
+        reason = str(e)
+        status = 413 if reason.startswith("image too large") else 415 if reason.startswith("unsupported") else 400
+        raise UploadError(status, f"{reason}. Upload a PNG, JPEG or BMP image.") from None
+    return decoded.png()
+
+
+def _raw_bytes(request: Request) -> bytes:
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("image")
+        if upload is None:
+            names = sorted(request.files) or sorted(request.form)
+            hint = f" (received field(s): {', '.join(names)})" if names else ""
+            raise UploadError(400, f"no file in the form field 'image'{hint}")
+        return upload.read()
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("image"), dict) or "b64" not in body["image"]:
+            raise UploadError(400, 'the JSON body must be {"image": {"b64": "<base64 of the image file>"}}')
+        try:
+            return base64.b64decode(body["image"]["b64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise UploadError(400, "image.b64 is not valid base64") from None
+    raise UploadError(415, "send the image as multipart/form-data (field 'image') or as JSON "
+                           '{"image": {"b64": ...}}')

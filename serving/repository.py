@@ -1,0 +1,162 @@
+"""The model repository: ``<root>/<model-name>/<version>/`` (integer versions), each a
+SavedModel with ``assets.extra/model_card.json``; ``<root>/models.config`` and
+``<root>/batching.config`` in TensorFlow Serving's text formats, so the official
+``tensorflow/serving`` image and the embedded server read the same folder.
+
+A push copies the export into a hidden sibling and renames it to the next version, so a server
+polling the folder never sees half a model. Pushing the same export twice is a no-op. The
+newest version is labelled ``canary`` and the one before it ``stable`` (a single version is
+``stable``); the last ``keep`` versions are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from serving import protos
+
+CARD = Path("assets.extra") / "model_card.json"
+DIGEST = Path("assets.extra") / "export_sha256.txt"
+MODELS_CONFIG = "models.config"
+BATCHING_CONFIG = "batching.config"
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int = 16
+    batch_timeout_micros: int = 5000
+    num_batch_threads: int = 2
+    max_enqueued_batches: int = 100
+
+
+@dataclass(frozen=True)
+class PushResult:
+    model: str
+    version: int
+    pushed: bool
+    reason: str
+
+
+def versions(root: str | Path, model: str) -> list[int]:
+    folder = Path(root) / model
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def models(root: str | Path) -> list[str]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and versions(root, p.name))
+
+
+def card(root: str | Path, model: str, version: int | None = None) -> dict:
+    version = version if version is not None else versions(root, model)[-1]
+    return json.loads((Path(root) / model / str(version) / CARD).read_text())
+
+
+def labels(available: list[int]) -> dict[str, int]:
+    if not available:
+        return {}
+    if len(available) == 1:
+        return {"stable": available[-1]}
+    return {"stable": available[-2], "canary": available[-1]}
+
+
+def export_digest(export_dir: Path) -> str:
+    """sha256 over every file of a SavedModel export (paths and bytes), the digest file aside."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in export_dir.rglob("*") if p.is_file() and p.relative_to(export_dir) != DIGEST):
+        h.update(path.relative_to(export_dir).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str | None = None) -> PushResult:
+    export_dir, root = Path(export_dir), Path(root)
+    if not (export_dir / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"{export_dir} is not a SavedModel (no saved_model.pb); pass the folder components.export wrote")
+    if not (export_dir / CARD).is_file():
+        raise FileNotFoundError(f"{export_dir / CARD} is missing: export with components.export so the gateway can describe the model")
+    if keep < 1:
+        raise ValueError("--keep must be at least 1")
+    model = json.loads((export_dir / CARD).read_text())["model_name"]
+    digest = export_digest(export_dir)
+    existing = versions(root, model)
+    if existing and _digest_of(root / model / str(existing[-1])) == digest:
+        write_configs(root, base_path)
+        return PushResult(model, existing[-1], False, "identical to the latest version; nothing pushed")
+    version = (existing[-1] + 1) if existing else 1
+    (root / model).mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".push-{version}-", dir=root / model))
+    try:
+        shutil.copytree(export_dir, stage, dirs_exist_ok=True)
+        (stage / DIGEST).write_text(digest + "\n")
+        os.replace(stage, root / model / str(version))   # atomic: the server sees all or nothing
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    for old in versions(root, model)[:-keep]:
+        shutil.rmtree(root / model / str(old), ignore_errors=True)
+    write_configs(root, base_path)
+    return PushResult(model, version, True, f"pushed as version {version}")
+
+
+def _digest_of(version_dir: Path) -> str | None:
+    path = version_dir / DIGEST
+    return path.read_text().strip() if path.exists() else None
+
+
+def model_server_config(root: str | Path, base_path: str | None = None):
+    """``models.config``: every model, its kept versions served, stable/canary labels."""
+    config = protos.ModelServerConfig()
+    for name in models(root):
+        available = versions(root, name)
+        entry = config.model_config_list.config.add(
+            name=name, base_path=f"{base_path.rstrip('/')}/{name}" if base_path else str((Path(root) / name).resolve()),
+            model_platform="tensorflow")
+        served = sorted(set(labels(available).values()))
+        entry.model_version_policy.specific.versions.extend(served)
+        for label, version in labels(available).items():
+            entry.version_labels[label] = version
+    return config
+
+
+def batching_parameters(batching: Batching = Batching()):
+    params = protos.BatchingParameters()
+    params.max_batch_size.value = batching.max_batch_size
+    params.batch_timeout_micros.value = batching.batch_timeout_micros
+    params.num_batch_threads.value = batching.num_batch_threads
+    params.max_enqueued_batches.value = batching.max_enqueued_batches
+    return params
+
+
+def write_configs(root: str | Path, base_path: str | None = None, batching: Batching | None = None) -> None:
+    from components.atomic import write_text
+
+    root = Path(root)
+    write_text(root / MODELS_CONFIG, text_format.MessageToString(model_server_config(root, base_path)))
+    if batching is not None or not (root / BATCHING_CONFIG).exists():
+        write_text(root / BATCHING_CONFIG, text_format.MessageToString(batching_parameters(batching or Batching())))
+
+
+def read_models_config(root: str | Path):
+    return text_format.Parse((Path(root) / MODELS_CONFIG).read_text(), protos.ModelServerConfig())
+
+
+def read_batching(root: str | Path) -> Batching:
+    path = Path(root) / BATCHING_CONFIG
+    if not path.exists():
+        return Batching()
+    p = text_format.Parse(path.read_text(), protos.BatchingParameters())
+    d = Batching()
+    return Batching(p.max_batch_size.value or d.max_batch_size, p.batch_timeout_micros.value or d.batch_timeout_micros,
+                    p.num_batch_threads.value or d.num_batch_threads, p.max_enqueued_batches.value or d.max_enqueued_batches)

@@ -1,0 +1,347 @@
+"""An embedded model server that speaks TensorFlow Serving's gRPC API, for one machine.
+
+``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) and ``ModelService``
+(GetModelStatus) with TF Serving's status codes: NOT_FOUND for an unknown model, version or
+label, INVALID_ARGUMENT for bad input. It serves the versions ``models.config`` names (or the
+newest of each model when there is none), loads and warms every one at start (replaying
+``assets.extra/tf_serving_warmup_requests`` as TF Serving does), polls the repository for new
+versions, and batches concurrent requests to the same model (``batching.config``: max batch
+size, timeout). The gateway cannot tell it from the real server; on a cluster the official
+``tensorflow/serving`` image reads the same repository.
+
+    python -m serving serve --model-repo DIR --port 8500
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from serving import repository
+
+log = logging.getLogger("serving")
+
+
+class ServingError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Request:
+    inputs: dict[str, np.ndarray]
+    done: threading.Event = field(default_factory=threading.Event)
+    outputs: dict | None = None
+    error: Exception | None = None
+
+
+class Batcher:
+    """Groups concurrent calls of one signature into batches along axis 0 (TF Serving's
+    batching: up to ``max_batch_size`` inputs, waiting at most ``timeout`` for more). A batch
+    that fails is retried request by request, so one bad image fails only its own request."""
+
+    def __init__(self, fn, batching: repository.Batching, enabled: bool = True):
+        self.fn, self.batching, self.enabled = fn, batching, enabled
+        self.queue: queue.Queue[_Request] = queue.Queue()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(batching.num_batch_threads)] if enabled else []
+        self.stopped = False
+        for t in self.threads:
+            t.start()
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.enabled:
+            return self._run(inputs)
+        request = _Request(inputs)
+        self.queue.put(request)
+        request.done.wait()
+        if request.error:
+            raise request.error
+        return request.outputs
+
+    def _run(self, inputs):
+        import tensorflow as tf
+
+        result = self.fn(**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in result.items()}
+
+    def _loop(self):
+        timeout = self.batching.batch_timeout_micros / 1e6
+        while not self.stopped:
+            try:
+                first = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            batch, size = [first], _rows(first.inputs)
+            deadline = time.monotonic() + timeout
+            while size < self.batching.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = self.queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                batch.append(nxt)
+                size += _rows(nxt.inputs)
+            self._execute(batch)
+
+    def _execute(self, batch: list[_Request]):
+        try:
+            if len(batch) == 1:
+                batch[0].outputs = self._run(batch[0].inputs)
+            else:
+                merged = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
+                outputs = self._run(merged)
+                start = 0
+                for r in batch:
+                    n = _rows(r.inputs)
+                    r.outputs = {k: v[start:start + n] for k, v in outputs.items()}
+                    start += n
+        except Exception:
+            for r in batch:                       # isolate the failing request
+                try:
+                    r.outputs = self._run(r.inputs)
+                except Exception as e:
+                    r.error = e
+        for r in batch:
+            r.done.set()
+
+    def stop(self):
+        self.stopped = True
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    return int(next(iter(inputs.values())).shape[0]) if inputs else 0
+
+
+class LoadedVersion:
+    def __init__(self, name: str, version: int, path: Path, batching: repository.Batching, batching_on: bool):
+        import tensorflow as tf
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        self.name, self.version, self.path = name, version, path
+        self.loaded = tf.saved_model.load(str(path))
+        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+        self.signature_defs = saved.meta_graphs[0].signature_def
+        self.batchers = {key: Batcher(fn, batching, batching_on) for key, fn in self.loaded.signatures.items()}
+        self.warm_up()
+
+    def warm_up(self) -> int:
+        """Replay the export's warmup requests, as TF Serving does at load time."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = self.path / "assets.extra" / "tf_serving_warmup_requests"
+        count = 0
+        if path.exists():
+            for raw in tf.data.TFRecordDataset(str(path)):
+                request = prediction_log_pb2.PredictionLog.FromString(raw.numpy()).predict_log.request
+                key = request.model_spec.signature_name or "serving_default"
+                self.batchers[key]({k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+                count += 1
+        return count
+
+    def stop(self):
+        for b in self.batchers.values():
+            b.stop()
+
+
+class ModelStore:
+    """What is loaded: model name -> version -> LoadedVersion, plus version labels."""
+
+    def __init__(self, root: str | Path, batching_on: bool = True):
+        self.root, self.batching_on = Path(root), batching_on
+        self.lock = threading.Lock()
+        self.loaded: dict[str, dict[int, LoadedVersion]] = {}
+        self.labels: dict[str, dict[str, int]] = {}
+
+    def wanted(self) -> dict[str, tuple[list[int], dict[str, int]]]:
+        if (self.root / repository.MODELS_CONFIG).exists():
+            config = repository.read_models_config(self.root)
+            return {c.name: (sorted(c.model_version_policy.specific.versions) or repository.versions(self.root, c.name)[-1:],
+                             dict(c.version_labels)) for c in config.model_config_list.config}
+        return {m: (repository.versions(self.root, m)[-1:], {}) for m in repository.models(self.root)}
+
+    def refresh(self) -> None:
+        """Load versions that appeared, unload those no longer wanted (the poll)."""
+        batching = repository.read_batching(self.root)
+        wanted = self.wanted()
+        for name, (vers, labels) in wanted.items():
+            for v in vers:
+                if v not in self.loaded.get(name, {}) and (self.root / name / str(v) / "saved_model.pb").exists():
+                    try:
+                        lv = LoadedVersion(name, v, self.root / name / str(v), batching, self.batching_on)
+                    except Exception as e:     # a broken export must not take the server down
+                        log.error("could not load %s version %s: %s", name, v, e)
+                        continue
+                    with self.lock:
+                        self.loaded.setdefault(name, {})[v] = lv
+                    log.info("loaded %s version %s", name, v)
+        with self.lock:
+            for name in list(self.loaded):
+                keep = set(wanted.get(name, ([], {}))[0])
+                for v in [v for v in self.loaded[name] if v not in keep]:
+                    self.loaded[name].pop(v).stop()
+                    log.info("unloaded %s version %s", name, v)
+                if not self.loaded[name]:
+                    del self.loaded[name]
+            self.labels = {name: labels for name, (_, labels) in wanted.items()}
+
+    def resolve(self, model_spec) -> LoadedVersion:
+        with self.lock:
+            versions = self.loaded.get(model_spec.name)
+            if not versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_spec.name})")
+            which = model_spec.WhichOneof("version_choice")
+            if which == "version":
+                v = model_spec.version.value
+            elif which == "version_label":
+                v = self.labels.get(model_spec.name, {}).get(model_spec.version_label)
+                if v is None:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Unrecognized servable version label: {model_spec.version_label}")
+            else:
+                v = max(versions)
+            if v not in versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({model_spec.name}, {v})")
+            return versions[v]
+
+    def stop(self):
+        with self.lock:
+            for versions in self.loaded.values():
+                for lv in versions.values():
+                    lv.stop()
+            self.loaded.clear()
+
+
+def _reason(message: str) -> str:
+    """The line of a TensorFlow op error that says what was wrong (it precedes the "[[node"
+    marker), e.g. "Unknown image file format. One of JPEG, PNG, GIF, BMP required."."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("[[") and i:
+            return lines[i - 1]
+    return lines[-1] if lines else "invalid argument"
+
+
+def _servicers(store: ModelStore):
+    import tensorflow as tf
+    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                         predict_pb2, prediction_service_pb2_grpc)
+
+    def guarded(method):
+        def wrapper(self, request, context):
+            try:
+                return method(self, request, context)
+            except ServingError as e:
+                context.abort(e.code, str(e))
+            except tf.errors.InvalidArgumentError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, _reason(e.message))
+            except (ValueError, TypeError) as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return wrapper
+
+    class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
+        @guarded
+        def Predict(self, request, context):
+            lv = store.resolve(request.model_spec)
+            key = request.model_spec.signature_name or "serving_default"
+            if key not in lv.batchers:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature key \"{key}\" not found.")
+            expected = set(lv.signature_defs[key].inputs)
+            if set(request.inputs) != expected:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input keys {sorted(request.inputs)} do not match the signature's {sorted(expected)}")
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            if any(a.ndim != 1 or a.shape[0] == 0 for a in inputs.values()):
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "inputs must be non-empty 1-D batches")
+            outputs = lv.batchers[key](inputs)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = lv.name
+            response.model_spec.version.value = lv.version
+            response.model_spec.signature_name = key
+            for name, value in outputs.items():
+                if not request.output_filter or name in request.output_filter:
+                    response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+        @guarded
+        def GetModelMetadata(self, request, context):
+            if list(request.metadata_field) != ["signature_def"]:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Metadata field signature_def is the one supported")
+            lv = store.resolve(request.model_spec)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = lv.name
+            response.model_spec.version.value = lv.version
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
+            for k, v in lv.signature_defs.items():
+                sig_map.signature_def[k].CopyFrom(v)
+            response.metadata["signature_def"].Pack(sig_map)
+            return response
+
+    class Models(model_service_pb2_grpc.ModelServiceServicer):
+        @guarded
+        def GetModelStatus(self, request, context):
+            spec = request.model_spec
+            with store.lock:
+                versions = sorted(store.loaded.get(spec.name, {}))
+            if not versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+            if spec.WhichOneof("version_choice") == "version":
+                if spec.version.value not in versions:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}")
+                versions = [spec.version.value]
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for v in versions:
+                status = response.model_version_status.add(version=v, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+                status.status.error_code = 0
+            return response
+
+    return Prediction(), Models()
+
+
+class Server:
+    """A running embedded server: ``stop()`` ends it (the gRPC port closes)."""
+
+    def __init__(self, root: str | Path, port: int = 8500, host: str = "127.0.0.1", poll_seconds: float = 2.0,
+                 batching: bool = True, workers: int = 64):
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.store = ModelStore(root, batching)
+        self.store.refresh()
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                                options=[("grpc.max_receive_message_length", 64 << 20),
+                                         ("grpc.max_send_message_length", 64 << 20)])
+        prediction, models = _servicers(self.store)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port} (in use?)")
+        self.grpc.start()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, args=(poll_seconds,), daemon=True)
+        self._poller.start()
+
+    def _poll(self, seconds: float):
+        while not self._stop.wait(seconds):
+            try:
+                self.store.refresh()
+            except Exception as e:            # keep serving what is loaded
+                log.error("repository poll failed: %s", e)
+
+    def stop(self, grace: float = 0.5):
+        self._stop.set()
+        self.grpc.stop(grace).wait()
+        self.store.stop()
+
+    def wait(self):
+        self.grpc.wait_for_termination()
