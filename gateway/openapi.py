@@ -13,7 +13,7 @@ IMAGE_BODY = {
 PREDICTION = {"type": "object", "properties": {
     "model": {"type": "string"}, "version": {"type": "integer"}, "probability": {"type": "number"},
     "label": {"type": "integer", "enum": [0, 1]}, "label_name": {"type": "string"},
-    "threshold": {"type": "number"}, "confidence": {"type": "number"}}}
+    "threshold": {"type": "number"}}}
 ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}}
 
 

@@ -21,8 +21,7 @@ def _result(card: dict, prediction: Prediction) -> dict:
     label = int(prediction.outputs["label"][0])
     return {"model": prediction.model, "version": prediction.version, "probability": round(probability, 6),
             "label": label, "label_name": card["label_names"][label],
-            "threshold": round(float(prediction.outputs["threshold"][0]), 6),
-            "confidence": round(probability if label == 1 else 1.0 - probability, 6)}
+            "threshold": round(float(prediction.outputs["threshold"][0]), 6)}
 
 
 def predict(client: ServingClient, card: dict | None, name: str, png: bytes) -> dict:

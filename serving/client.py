@@ -58,8 +58,12 @@ def to_numpy(t: tensor_pb2.TensorProto) -> np.ndarray:
 class ServingClient:
     def __init__(self, target: str, deadline_s: float = 10.0, retries: int = 3, backoff_s: float = 0.1):
         self.target, self.deadline_s, self.retries, self.backoff_s = target, deadline_s, retries, backoff_s
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                              ("grpc.max_send_message_length", 64 << 20)])
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+            # gRPC's default reconnect back-off grows to 2 minutes; keep it short so the gateway
+            # recovers within seconds of the model server coming back
+            ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000)])
         self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 

@@ -53,6 +53,7 @@ class Batcher:
         self.queue: queue.Queue[_Request] = queue.Queue()
         self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(batching.num_batch_threads)] if enabled else []
         self.stopped = False
+        self.batches_run = 0                      # observable: batches executed (<= requests)
         for t in self.threads:
             t.start()
 
@@ -94,6 +95,7 @@ class Batcher:
             self._execute(batch)
 
     def _execute(self, batch: list[_Request]):
+        self.batches_run += 1
         try:
             if len(batch) == 1:
                 batch[0].outputs = self._run(batch[0].inputs)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components import extract, sample_data, split, stain
+from components import catalog, evaluate, export, extract, sample_data, split, stain, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -47,3 +47,31 @@ def sample_splits(sample_sources, tmp_path_factory) -> dict[str, Path]:
             stain.run(out[modality], base / modality / "splits-stained")
             out[modality] = base / modality / "splits-stained"
     return out
+
+
+# (backbone, strategy) -> modality: the unfrozen cohort on one modality (so it can be compared
+# pairwise), progressive spread over the others so each modality's graph is exported once.
+COMBOS = {("resnet50", "unfrozen"): "ultrasound", ("vgg16", "unfrozen"): "ultrasound",
+          ("densenet121", "unfrozen"): "ultrasound", ("resnet50", "progressive"): "mammography",
+          ("vgg16", "progressive"): "histopathology", ("densenet121", "progressive"): "histopathology"}
+
+
+@pytest.fixture(scope="session")
+def pipeline_outputs(sample_splits, tmp_path_factory):
+    """Each backbone x strategy trained 1 epoch at 32 px, evaluated and exported (SavedModel)."""
+    base = tmp_path_factory.mktemp("models")
+    outputs = {}
+    for (backbone, strategy), modality in COMBOS.items():
+        name = catalog.model_name(modality, backbone, strategy)
+        splits = sample_splits[modality]
+        config = train.TrainConfig(modality, backbone, strategy, image_size=32, epochs=1, head_epochs=1,
+                                   batch_size=16, weights="none", seed=1)
+        train.run(splits, base / name / "model", config)
+        evaluate.run(base / name / "model", splits / "test", splits / "validation", base / name / "eval",
+                     min_f1=0.0, bootstrap=200)
+        export.run(base / name / "model", base / name / "eval", base / name / "saved_model")
+        outputs[name] = base / name
+        import keras
+
+        keras.backend.clear_session()
+    return outputs

@@ -7,32 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import catalog, compare, evaluate, export, models, preprocess, records, schema, stain, stats, train
-
-# (backbone, strategy) -> modality: the unfrozen cohort on one modality (so it can be compared
-# pairwise), progressive spread over the others so each modality's graph is exported once.
-COMBOS = {("resnet50", "unfrozen"): "ultrasound", ("vgg16", "unfrozen"): "ultrasound",
-          ("densenet121", "unfrozen"): "ultrasound", ("resnet50", "progressive"): "mammography",
-          ("vgg16", "progressive"): "histopathology", ("densenet121", "progressive"): "histopathology"}
-
-
-@pytest.fixture(scope="module")
-def pipeline_outputs(sample_splits, tmp_path_factory):
-    base = tmp_path_factory.mktemp("models")
-    outputs = {}
-    for (backbone, strategy), modality in COMBOS.items():
-        name = catalog.model_name(modality, backbone, strategy)
-        splits = sample_splits[modality]
-        config = train.TrainConfig(modality, backbone, strategy, image_size=32, epochs=1, head_epochs=1,
-                                   batch_size=16, weights="none", seed=1)
-        train.run(splits, base / name / "model", config)
-        evaluate.run(base / name / "model", splits / "test", splits / "validation", base / name / "eval",
-                     min_f1=0.0, bootstrap=200)
-        export.run(base / name / "model", base / name / "eval", base / name / "saved_model")
-        outputs[name] = base / name
-        keras.backend.clear_session()
-    return outputs
-
+from components import catalog, compare, evaluate, export, preprocess, records, schema, stain, stats
+from tests.conftest import COMBOS
 
 @pytest.mark.parametrize("combo", list(COMBOS))
 def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pipeline_outputs, sample_splits):

@@ -1,0 +1,91 @@
+"""The pages in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium):
+upload -> result, compare, an error banner. Screenshots go to test-artifacts/screenshots/."""
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from components import records, schema
+from gateway.app import GatewayConfig, create_app
+from serving import repository
+from serving.server import Server
+from tests.conftest import ARTIFACTS
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                                reason="Debian chromium and chromium-driver are not installed (.ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def site(pipeline_outputs, sample_splits, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-repo")
+    for out in pipeline_outputs.values():
+        repository.push(out / "saved_model", root)
+    server = Server(root, port=0)
+    app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}"))
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    files = tmp_path_factory.mktemp("uploads")
+    raw = sample_splits["ultrasound"].parent / "splits" / "test"
+    (files / "scan.png").write_bytes(schema.deserialize(next(records.read_records(raw))).image_png)
+    (files / "notes.png").write_text("these are notes, not an image")
+    yield {"url": f"http://127.0.0.1:{http.server_port}", "files": files}
+    http.shutdown()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _shot(driver, name):
+    folder = ARTIFACTS / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(folder / f"{name}.png"))
+    assert (folder / f"{name}.png").stat().st_size > 5000
+
+
+def test_upload_result_compare_and_error_banner_in_chromium(site, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(site["url"] + "/")
+    assert "Breast-cancer image classification" in browser.page_source
+    _shot(browser, "home")
+    browser.find_element(By.LINK_TEXT, "Ultrasound").click()
+    browser.find_element(By.LINK_TEXT, "resnet50").click()
+    browser.find_element(By.ID, "image-input").send_keys(str(site["files"] / "scan.png"))
+    browser.find_element(By.ID, "predict-button").click()
+    label = browser.find_element(By.ID, "result-label").text
+    assert label in ("Benign or normal", "Malignant")
+    assert browser.find_element(By.ID, "gradcam").get_attribute("src").startswith("data:image/png;base64,")
+    _shot(browser, "model-result")
+
+    browser.get(site["url"] + "/cohorts/ultrasound/unfrozen")
+    browser.find_element(By.ID, "image-input").send_keys(str(site["files"] / "scan.png"))
+    browser.find_element(By.ID, "compare-button").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result tr.cell-0, #result tr.cell-1")
+    assert len(rows) == 3 and "models agree" in browser.find_element(By.ID, "result").text
+    _shot(browser, "compare")
+
+    browser.get(site["url"] + "/models/ultrasound-vgg16-unfrozen")
+    browser.find_element(By.ID, "image-input").send_keys(str(site["files"] / "notes.png"))
+    browser.find_element(By.ID, "predict-button").click()
+    banner = browser.find_element(By.ID, "error-banner").text
+    assert "not an image" in banner and "PNG, JPEG or BMP" in banner
+    _shot(browser, "error-banner")

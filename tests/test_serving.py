@@ -1,0 +1,106 @@
+"""Model repository contract and the embedded server over real gRPC, with SavedModels made by
+components.export."""
+import concurrent.futures
+import json
+import shutil
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+
+from components import records, schema
+from serving import protos, repository
+from serving.client import ServingClient, ServingRejected
+from serving.server import Server
+
+NAME = "ultrasound-resnet50-unfrozen"
+
+
+@pytest.fixture()
+def repo(pipeline_outputs, tmp_path):
+    root = tmp_path / "repo"
+    for name, out in pipeline_outputs.items():
+        assert repository.push(out / "saved_model", root).pushed
+    return root
+
+
+def _pngs(sample_splits, modality, n=4):
+    raw = sample_splits[modality].parent / "splits" / "test"
+    return [schema.deserialize(r).image_png for r in records.read_records(raw)][:n]
+
+
+def test_push_is_atomic_idempotent_versioned_and_kept_to_n(pipeline_outputs, tmp_path):
+    export_dir = pipeline_outputs[NAME] / "saved_model"
+    root = tmp_path / "repo"
+    first = repository.push(export_dir, root, keep=2)
+    again = repository.push(export_dir, root, keep=2)
+    assert (first.version, first.pushed) == (1, True) and (again.version, again.pushed) == (1, False)
+    changed = tmp_path / "changed"
+    for i in range(2):
+        shutil.copytree(export_dir, changed, dirs_exist_ok=True)
+        card = json.loads((changed / repository.CARD).read_text())
+        card["note"] = f"retrained {i}"
+        (changed / repository.CARD).write_text(json.dumps(card))
+        assert repository.push(changed, root, keep=2).version == 2 + i
+    assert repository.versions(root, NAME) == [2, 3]                  # keep=2 dropped version 1
+    assert not [p for p in (root / NAME).iterdir() if p.name.startswith(".")]   # no half-pushed copies
+    config = text_format.Parse((root / "models.config").read_text(), protos.ModelServerConfig())
+    (entry,) = config.model_config_list.config
+    assert entry.name == NAME and entry.model_platform == "tensorflow"
+    assert list(entry.model_version_policy.specific.versions) == [2, 3]
+    assert dict(entry.version_labels) == {"stable": 2, "canary": 3}
+    batching = text_format.Parse((root / "batching.config").read_text(), protos.BatchingParameters())
+    assert batching.max_batch_size.value == 16 and batching.batch_timeout_micros.value == 5000
+
+
+def test_push_refuses_what_is_not_an_export(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a SavedModel"):
+        repository.push(tmp_path, tmp_path / "repo")
+
+
+def test_server_answers_like_tf_serving(repo, pipeline_outputs, sample_splits):
+    server = Server(repo, port=0, poll_seconds=0.5)
+    client = ServingClient(f"127.0.0.1:{server.port}", deadline_s=20)
+    try:
+        pngs = _pngs(sample_splits, "ultrasound")
+        direct = tf.saved_model.load(str(pipeline_outputs[NAME] / "saved_model")).signatures["serving_default"]
+        expected = direct(image_bytes=tf.constant(pngs))["probability"].numpy()
+        got = [client.predict(NAME, png).outputs["probability"][0] for png in pngs]
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert client.status(NAME) == [(1, "AVAILABLE")]
+        sigs = client.metadata(NAME).signature_def
+        assert set(sigs["serving_default"].inputs) == {"image_bytes"}
+        assert set(sigs["serving_default"].outputs) == {"probability", "label", "threshold"}
+        assert client.predict(NAME, pngs[0], signature="explain").outputs["heatmap"].shape == (1, 32, 32)
+        for call, code in [(lambda: client.predict("no-such-model", pngs[0]), grpc.StatusCode.NOT_FOUND),
+                           (lambda: client.predict(NAME, pngs[0], version_label="canary"), grpc.StatusCode.NOT_FOUND),
+                           (lambda: client.predict(NAME, b"not an image"), grpc.StatusCode.INVALID_ARGUMENT),
+                           (lambda: client.predict(NAME, pngs[0], signature="nope"), grpc.StatusCode.INVALID_ARGUMENT)]:
+            with pytest.raises(ServingRejected) as e:
+                call()
+            assert e.value.code == code
+        # concurrent requests are batched, and a bad image fails only its own request
+        batcher = server.store.loaded[NAME][1].batchers["serving_default"]
+        before = batcher.batches_run
+        inputs = pngs * 4 + [b"broken"]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(lambda b: client.predict_many([NAME], b)[0], inputs))
+        assert all(not isinstance(o, Exception) for o in outcomes[:-1]) and isinstance(outcomes[-1], ServingRejected)
+        assert batcher.batches_run - before < len(inputs)
+        # a new version pushed to the repository is picked up by polling
+        changed = repo.parent / "v2"
+        shutil.copytree(pipeline_outputs[NAME] / "saved_model", changed)
+        (changed / repository.CARD).write_text((changed / repository.CARD).read_text().replace("}", ', "note": "v2"}', 1))
+        assert repository.push(changed, repo).version == 2
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (2, "AVAILABLE") not in client.status(NAME):
+            time.sleep(0.3)
+        assert client.status(NAME) == [(1, "AVAILABLE"), (2, "AVAILABLE")]
+        assert client.predict(NAME, pngs[0], version_label="canary").version == 2
+        assert client.predict(NAME, pngs[0], version_label="stable").version == 1
+    finally:
+        client.close()
+        server.stop()
