@@ -1,0 +1,39 @@
+"""The training input pipeline: shapes, labels, augmentation that moves pixels but keeps range."""
+import numpy as np
+import tensorflow as tf
+
+from components import data
+
+
+def test_evaluation_batches_are_deterministic_and_carry_ids(sample_splits):
+    split = sample_splits["mammography"] / "validation"
+    a = list(data.dataset(split, "mammography", 32, 8, training=False, with_ids=True))
+    b = list(data.dataset(split, "mammography", 32, 8, training=False, with_ids=True))
+    images, labels, sources, patients = a[0]
+    assert images.shape[1:] == (32, 32, 3) and images.dtype == tf.float32 and labels.dtype == tf.float32
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[2], y[2]) for x, y in zip(a, b))
+    negatives, positives = data.count_labels(split)
+    assert sum(int(x[1].shape[0]) for x in a) == negatives + positives
+
+
+def test_augmentation_warps_each_image_but_keeps_shape_and_range():
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0, 255, (6, 40, 40, 3)).astype("float32"))
+    out = data.augmenter("histopathology", seed=3)(images).numpy()
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+    changed = [not np.allclose(out[i], images[i]) for i in range(6)]
+    assert all(changed)
+    # a pure flip/rotation/zoom keeps a centred bright disk near the centre
+    yy, xx = np.mgrid[0:41, 0:41]
+    disk = ((yy - 20) ** 2 + (xx - 20) ** 2 < 36).astype("float32")[..., None] * np.ones(3) * 200
+    warped = data.augmenter("mammography", seed=1)(tf.constant(disk[None].astype("float32"))).numpy()[0, ..., 0]
+    assert warped[20, 20] > 150 and warped[0, 0] < 60
+
+
+def test_training_batches_are_augmented(sample_splits):
+    split = sample_splits["ultrasound"] / "train"
+    plain = next(iter(data.dataset(split, "ultrasound", 32, 64, training=False)))[0].numpy()
+    aug = next(iter(data.dataset(split, "ultrasound", 32, 64, training=True, seed=0)))[0].numpy()
+    assert aug.shape[1:] == plain.shape[1:] and aug.min() >= 0 and aug.max() <= 255
+    # the shuffled and augmented batch is not the plain one
+    assert not np.allclose(np.sort(aug.ravel()), np.sort(plain[: len(aug)].ravel()))

@@ -1,0 +1,51 @@
+"""Container images and Kubernetes manifests, checked offline (no Docker engine, no cluster)."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from serving import repository
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def _tool(name):
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"{name} is not installed (it is in requirements.txt)"
+    return found
+
+
+def test_dockerfiles_pass_hadolint():
+    dockerfiles = sorted((ROOT / "docker").glob("*.Dockerfile"))
+    assert {d.name for d in dockerfiles} >= {"components.Dockerfile", "serving.Dockerfile", "gateway.Dockerfile"}
+    for dockerfile in dockerfiles:
+        proc = subprocess.run([_tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{dockerfile.name}:\n{proc.stdout}{proc.stderr}"
+
+
+def test_kustomization_resources_validate_against_kubernetes_schemas():
+    kustomization = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())
+    files = [ROOT / "k8s" / r for r in kustomization["resources"]]
+    assert {f.name for f in files} == {p.name for p in (ROOT / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    proc = subprocess.run([_tool("kubernetes-validate"), "-k", "1.30.0", "--strict", *map(str, files)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kinds = {yaml.safe_load(f.read_text())["kind"] for f in files}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim"} <= kinds
+
+
+def test_model_server_reads_the_repository_this_product_writes():
+    """TF Serving's flags name the config files serving.repository writes, in both places."""
+    deployment = yaml.safe_load((ROOT / "k8s" / "tf-serving-deployment.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    dockerfile = (ROOT / "docker" / "serving.Dockerfile").read_text()
+    for flag in (f"--model_config_file=/models/{repository.MODELS_CONFIG}",
+                 f"--batching_parameters_file=/models/{repository.BATCHING_CONFIG}", "--enable_batching=true"):
+        assert flag in container["args"] and flag in dockerfile
+    assert container["readinessProbe"] and container["resources"]["requests"]
+    gateway = yaml.safe_load((ROOT / "k8s" / "gateway-deployment.yaml").read_text())["spec"]["template"]["spec"]
+    assert gateway["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
