@@ -24,33 +24,34 @@ def _files(split_dir: str | Path) -> tuple[list[str], str]:
 
 
 def augmenter(modality: str, seed: int):
-    """Random horizontal flip, +-10 degree rotation, zoom 0.9-1.1 and +-10 % brightness (the
-    report's schedule); HSV jitter for histopathology (stain variation the Macenko step does not
-    cover). Flip, rotation and zoom are one affine warp per image, so each batch is resampled
-    once (Keras' separate RandomFlip/RandomRotation/RandomZoom layers resample it three times,
-    and that was most of the input pipeline's time)."""
+    """A per-image function: random horizontal flip, +-10 degree rotation, zoom 0.9-1.1 and
+    +-10 % brightness (the report's schedule) on uint8 HxWxC (any channels) -> float32; then,
+    for histopathology, HSV jitter on the RGB result (stain variation the Macenko step does not
+    cover). Flip, rotation and zoom are one affine warp, so each image is resampled once
+    (Keras' separate RandomFlip/RandomRotation/RandomZoom layers resample it three times,
+    which was most of the input pipeline's time)."""
     rng = tf.random.Generator.from_seed(seed)
 
-    def augment(images):
-        shape = tf.shape(images)
-        n, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-        angle = rng.uniform([n], -10.0, 10.0) * (3.141592653589793 / 180.0)
-        zoom = rng.uniform([n], 0.9, 1.1)
-        flip = tf.where(rng.uniform([n]) < 0.5, -1.0, 1.0)
+    def augment(image):
+        shape = tf.shape(image)
+        h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+        angle = rng.uniform([], -10.0, 10.0) * (3.141592653589793 / 180.0)
+        zoom = rng.uniform([], 0.9, 1.1)
+        flip = tf.where(rng.uniform([]) < 0.5, -1.0, 1.0)
         cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
         cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
         # output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2)
         a0, a1, b0, b1 = flip * cos, sin, -flip * sin, cos
-        transforms = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy,
-                               tf.zeros([n]), tf.zeros([n])], axis=1)
-        images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="REFLECT")
-        images = images + rng.uniform([n, 1, 1, 1], -25.5, 25.5)
+        transform = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, 0.0, 0.0])[None]
+        warped = tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.cast(image, tf.float32)[None], transforms=transform, output_shape=shape[:2],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
+        warped = tf.clip_by_value(warped + rng.uniform([], -25.5, 25.5), 0.0, 255.0)
+        rgb = preprocess.to_rgb(warped)
         if modality == "histopathology":
-            images = tf.image.random_hue(images / 255.0, 0.05, seed=seed + 4)
-            images = tf.image.random_saturation(images, 0.9, 1.1, seed=seed + 5) * 255.0
-        return tf.clip_by_value(images, 0.0, 255.0)
+            rgb = tf.image.random_hue(rgb / 255.0, 0.05, seed=seed + 4)
+            rgb = tf.clip_by_value(tf.image.random_saturation(rgb, 0.9, 1.1, seed=seed + 5), 0.0, 1.0) * 255.0
+        return rgb
 
     return augment
 
@@ -65,18 +66,20 @@ def dataset(split_dir: str | Path, modality: str, image_size: int, batch_size: i
     if training:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
 
+    augment = augmenter(modality, seed) if training else None
+
     def parse(raw):
         f = tf.io.parse_single_example(raw, spec)
-        image = preprocess.model_input(preprocess.decode_rgb(f[schema.IMAGE]), modality, image_size)
+        image = preprocess.decode(f[schema.IMAGE])
+        if augment is None:
+            image = preprocess.model_input(image, modality, image_size)
+        else:
+            image = augment(preprocess.prepare(image, modality, image_size))
         label = tf.cast(f[schema.LABEL], tf.float32)
         return (image, label, f[schema.SOURCE], f[schema.PATIENT]) if with_ids else (image, label)
 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not training)
-    ds = ds.batch(batch_size, drop_remainder=False)
-    if training:
-        augment = augmenter(modality, seed)
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
-    return ds.prefetch(AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
 
 
 def count_labels(split_dir: str | Path) -> tuple[int, int]:

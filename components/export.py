@@ -39,9 +39,9 @@ def serving_module(model, modality: str, image_size: int, threshold: float, last
     from components import preprocess, stain
 
     def prepare(image_bytes):
-        image = preprocess.decode_rgb(image_bytes)
+        image = preprocess.decode(image_bytes)
         if stain_reference is not None:
-            image = stain.normalize_tf(image, stain_reference)
+            image = stain.normalize_tf(preprocess.to_rgb(image), stain_reference)
         return preprocess.model_input(image, modality, image_size)
 
     class Servable(tf.Module):

@@ -3,8 +3,8 @@
 The tf.data input pipeline and the exported SavedModel's signature call the same
 :func:`model_input`, so a served image goes through exactly what the training images went
 through (the report applied these in notebooks and again, differently, in the web app):
-- every modality: decode to RGB (mono -> RGB for mammography: the grey channel repeated,
-  because ImageNet backbones take three channels), resize to the model's square size;
+- every modality: decode, resize to the model's square size, and mono -> RGB last (the grey
+  channel repeated, because ImageNet backbones take three channels);
 - ultrasound: 3x3 median filter (speckle) and histogram equalization (contrast).
 Backbone-specific scaling (``preprocess_input``) is not here: it is a layer of the model.
 """
@@ -13,15 +13,32 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
-    """PNG/JPEG/BMP/GIF bytes -> uint8 HxWx3 (grayscale repeated to three channels)."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+def decode(image_bytes: tf.Tensor) -> tf.Tensor:
+    """PNG/JPEG/BMP bytes -> uint8 HxWxC in the image's own channels: C = 1 for grayscale
+    (alpha dropped), 3 for colour. Grayscale stays one channel through resizing, filtering and
+    augmentation, which are per channel, so expanding it to RGB last gives the same pixels for
+    a third of the work."""
+    image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
+    image = tf.cond(tf.shape(image)[-1] < 3, lambda: image[..., :1], lambda: image[..., :3])
+    image.set_shape([None, None, None])
+    return image
+
+
+def to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """HxWx1 or HxWx3 -> HxWx3 (mono to RGB: the grey channel repeated, because ImageNet
+    backbones take three channels)."""
+    image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image)
     image.set_shape([None, None, 3])
     return image
 
 
+def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+    """PNG/JPEG/BMP bytes -> uint8 HxWx3."""
+    return to_rgb(decode(image_bytes))
+
+
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    """uint8 HxWx3 -> uint8 size x size x 3; antialiased so downscaling keeps small structures."""
+    """uint8 HxWxC -> uint8 size x size x C; antialiased so downscaling keeps small structures."""
     resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
@@ -36,23 +53,25 @@ def median3x3(image: tf.Tensor) -> tf.Tensor:
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
     """Histogram equalization of each channel of a uint8 HxWxC image (the classic CDF map)."""
-    def channel(values):
-        values = tf.reshape(tf.cast(values, tf.int32), [-1])
-        hist = tf.math.bincount(values, minlength=256, maxlength=256)
-        cdf = tf.cumsum(hist)
-        cdf_min = tf.reduce_min(tf.boolean_mask(cdf, cdf > 0))
-        span = tf.maximum(tf.size(values) - cdf_min, 1)
-        lut = tf.cast(tf.clip_by_value(tf.round(255.0 * tf.cast(cdf - cdf_min, tf.float32)
-                                                / tf.cast(span, tf.float32)), 0, 255), tf.uint8)
-        return tf.gather(lut, values)
-
-    channels = tf.unstack(image, num=3, axis=-1)
-    return tf.reshape(tf.stack([channel(c) for c in channels], axis=-1), tf.shape(image))
+    shape = tf.shape(image)
+    values = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, shape[-1]]))        # C x N
+    hist = tf.math.bincount(values, minlength=256, maxlength=256, axis=-1)              # C x 256
+    cdf = tf.cumsum(hist, axis=1)
+    cdf_min = tf.reduce_min(tf.where(cdf > 0, cdf, tf.reduce_max(cdf)), axis=1, keepdims=True)
+    span = tf.cast(tf.maximum(tf.shape(values)[1] - cdf_min, 1), tf.float32)
+    lut = tf.cast(tf.clip_by_value(tf.round(255.0 * tf.cast(cdf - cdf_min, tf.float32) / span), 0, 255), tf.uint8)
+    equalized = tf.gather(lut, values, batch_dims=1)                                     # C x N
+    return tf.reshape(tf.transpose(equalized), shape)
 
 
-def model_input(image: tf.Tensor, modality: str, size: int) -> tf.Tensor:
-    """uint8 HxWx3 -> float32 size x size x 3 in [0, 255], the modality's preprocessing applied."""
+def prepare(image: tf.Tensor, modality: str, size: int) -> tf.Tensor:
+    """uint8 HxWxC -> uint8 size x size x C, the modality's preprocessing applied (channels kept)."""
     image = resize(image, size)
     if modality == "ultrasound":
         image = equalize(median3x3(image))
-    return tf.cast(image, tf.float32)
+    return image
+
+
+def model_input(image: tf.Tensor, modality: str, size: int) -> tf.Tensor:
+    """uint8 HxWxC -> float32 size x size x 3 in [0, 255]: what the model's first layer takes."""
+    return tf.cast(to_rgb(prepare(image, modality, size)), tf.float32)

@@ -85,8 +85,12 @@ def test_mono_becomes_rgb_and_model_input_is_identical_in_eager_and_tf_data():
     Image.fromarray(gray).save(buf, format="PNG")
     decoded = preprocess.decode_rgb(tf.constant(buf.getvalue()))
     assert decoded.shape == (45, 70, 3) and np.array_equal(decoded.numpy()[..., 0], decoded.numpy()[..., 2])
+    native = preprocess.decode(tf.constant(buf.getvalue()))
+    assert native.shape == (45, 70, 1)
     for modality in ("mammography", "ultrasound", "histopathology"):
         eager = preprocess.model_input(decoded, modality, 32).numpy()
+        # one channel processed then expanded == three identical channels processed
+        assert np.array_equal(preprocess.model_input(native, modality, 32).numpy(), eager)
         graph = next(iter(tf.data.Dataset.from_tensors(decoded).map(
             lambda x: preprocess.model_input(x, modality, 32)))).numpy()
         assert eager.shape == (32, 32, 3) and eager.dtype == np.float32
