@@ -34,9 +34,9 @@ class DecodedImage:
     def width(self) -> int:
         return int(self.pixels.shape[1])
 
-    def png(self) -> bytes:
+    def png(self, compress_level: int = 3) -> bytes:
         buf = io.BytesIO()
-        Image.fromarray(self.pixels).save(buf, format="PNG", compress_level=3)
+        Image.fromarray(self.pixels).save(buf, format="PNG", compress_level=compress_level)
         return buf.getvalue()
 
 

@@ -41,18 +41,22 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     outputs: dict | None = None
     error: Exception | None = None
+    crowded: bool = False               # another request arrived just before this one
 
 
 class Batcher:
     """Groups concurrent calls of one signature into batches along axis 0 (TF Serving's
-    batching: up to ``max_batch_size`` inputs, waiting at most ``timeout`` for more). A batch
-    that fails is retried request by request, so one bad image fails only its own request."""
+    batching: up to ``max_batch_size`` inputs, waiting at most ``timeout`` for more). It waits
+    for peers only when requests are arriving together (one came within the last timeout
+    window): a lone request would otherwise pay the whole timeout for nothing. A batch that
+    fails is retried request by request, so one bad image fails only its own request."""
 
     def __init__(self, fn, batching: repository.Batching, enabled: bool = True):
         self.fn, self.batching, self.enabled = fn, batching, enabled
         self.queue: queue.Queue[_Request] = queue.Queue()
         self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(batching.num_batch_threads)] if enabled else []
         self.stopped = False
+        self.last_arrival = 0.0
         self.batches_run = 0                      # observable: batches executed (<= requests)
         for t in self.threads:
             t.start()
@@ -61,6 +65,9 @@ class Batcher:
         if not self.enabled:
             return self._run(inputs)
         request = _Request(inputs)
+        now = time.monotonic()
+        request.crowded = now - self.last_arrival < 2 * self.batching.batch_timeout_micros / 1e6
+        self.last_arrival = now
         self.queue.put(request)
         request.done.wait()
         if request.error:
@@ -81,13 +88,13 @@ class Batcher:
             except queue.Empty:
                 continue
             batch, size = [first], _rows(first.inputs)
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + (timeout if first.crowded or not self.queue.empty() else 0.0)
             while size < self.batching.max_batch_size:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 and self.queue.empty():
                     break
                 try:
-                    nxt = self.queue.get(timeout=remaining)
+                    nxt = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
                 except queue.Empty:
                     break
                 batch.append(nxt)
