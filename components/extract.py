@@ -96,8 +96,10 @@ def run(modality: str, source: str | Path, out: str | Path, source_format: str |
 
     spec = catalog.modality(modality)
     source_format = source_format or spec.source_format
-    options = {"label_map": label_map, "default_label": default_label} if source_format == "class_folders" else {}
-    reader = readers.make_reader(source_format, Path(source).resolve(), **{k: v for k, v in options.items() if v is not None or k == "default_label"})
+    options = {}
+    if source_format == "class_folders":   # the only format whose labels come from a map
+        options = {"default_label": default_label, **({"label_map": label_map} if label_map else {})}
+    reader = readers.make_reader(source_format, Path(source).resolve(), **options)
     units = reader.units()
     if not units:
         raise cli.UserError(f"no input files under {source}")

@@ -138,14 +138,14 @@ def run(examples: str | Path, out: str | Path, seed: int = 0, fractions=(0.7, 0.
     for raw in cli.progress(read_records(examples), desc="split: read", unit="rec"):
         r = schema.deserialize(raw)
         metas.append(Meta(r.patient_id, r.label, sha256_bytes(raw), r.modality))
-        if near_duplicate_r != 0 and (near_duplicate_r or catalog.modality(r.modality).near_duplicate_r):
+        if near_duplicate_r is None:           # the modality's default, known from the first record
+            near_duplicate_r = catalog.modality(r.modality).near_duplicate_r
+        if near_duplicate_r:
             thumbs.append(_thumbnail(r.image_png))
     modalities = {m.modality for m in metas}
     if len(modalities) != 1:
         raise cli.UserError(f"{examples} mixes modalities {sorted(modalities)}; split one modality at a time")
     spec = catalog.modality(modalities.pop())
-    if near_duplicate_r is None:
-        near_duplicate_r = spec.near_duplicate_r
     groups = [m.patient_id for m in metas]
     merged_pairs = []
     if near_duplicate_r:

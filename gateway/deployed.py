@@ -7,9 +7,8 @@ import threading
 from pathlib import Path
 
 from components import catalog
+from components.export import PICTURES
 from serving import repository
-
-PICTURES = ("roc.png", "confusion_matrix.png", "calibration.png", "learning_curves.png")
 
 
 class Deployed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, render_template, request, send_file
 
 from components import stats
+from components.export import PICTURES
 from gateway import service
 from gateway.app import parts
 from gateway.uploads import UploadError, read_image
@@ -64,7 +65,9 @@ def model(name):
         outcome, status, message = _attempt(run)
         if outcome:
             result, overlay = outcome
-    return _render("model.html", status, name=name, card=card, result=result, overlay=overlay, error=message)
+    pictures = [f for f in PICTURES if p["deployed"].picture(name, f)]
+    return _render("model.html", status, name=name, card=card, result=result, overlay=overlay, error=message,
+                   pictures=pictures)
 
 
 @blueprint.route("/cohorts/<modality>/<strategy>", methods=["GET", "POST"])

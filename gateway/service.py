@@ -7,6 +7,7 @@ import base64
 import io
 
 import numpy as np
+from matplotlib import colormaps
 from PIL import Image
 
 from serving.client import Prediction, ServingClient, ServingRejected, ServingUnavailable
@@ -52,16 +53,8 @@ def explain_overlay(client: ServingClient, name: str, png: bytes) -> str:
     size = heat.shape[:2]
     base = Image.open(io.BytesIO(png)).convert("RGB").resize((size[1], size[0]))
     display = 256 if max(size) < 256 else max(size)
-    colours = _jet(np.clip(heat, 0, 1))
+    colours = (colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255).astype(np.uint8)
     overlay = Image.blend(base, Image.fromarray(colours), alpha=0.45).resize((display, display), Image.BILINEAR)
     buf = io.BytesIO()
     overlay.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _jet(v: np.ndarray) -> np.ndarray:
-    """Blue (0) -> red (1) colour map for a heat map in [0, 1]."""
-    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
-    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
-    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
-    return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
