@@ -68,3 +68,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_digests(path: str | os.PathLike, exclude: Iterable[str] = ()) -> dict[str, str]:
+    """sha256 of every file under ``path`` (a file or a folder), keyed by its relative POSIX
+    path ('.' for a single file); hidden staging leftovers and ``exclude`` paths aside."""
+    path = Path(path)
+    if path.is_file():
+        return {".": sha256_file(path)}
+    skip = set(exclude)
+    return {rel: sha256_file(f) for f in sorted(path.rglob("*"))
+            if f.is_file() and (rel := f.relative_to(path).as_posix()) not in skip}
+
+
+def tree_sha256(path: str | os.PathLike, exclude: Iterable[str] = ()) -> str:
+    """One sha256 over a file or a whole folder: every file's relative path and bytes."""
+    h = hashlib.sha256()
+    for rel, digest in file_digests(path, exclude).items():
+        h.update(rel.encode() + b"\0" + bytes.fromhex(digest))
+    return h.hexdigest()
+

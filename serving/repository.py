@@ -10,7 +10,8 @@ newest version is labelled ``canary`` and the one before it ``stable`` (a single
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -73,11 +74,22 @@ def labels(available: list[int]) -> dict[str, int]:
 
 def export_digest(export_dir: Path) -> str:
     """sha256 over every file of a SavedModel export (paths and bytes), the digest file aside."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in export_dir.rglob("*") if p.is_file() and p.relative_to(export_dir) != DIGEST):
-        h.update(path.relative_to(export_dir).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
+    from components.records import tree_sha256
+
+    return tree_sha256(export_dir, exclude=[DIGEST.as_posix()])
+
+
+@contextlib.contextmanager
+def _locked(root: Path):
+    """One writer at a time: pipelines of several modalities push into one repository, and each
+    rewrites models.config from the folder listing; without the lock one could drop another's model."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".push.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str | None = None) -> PushResult:
@@ -90,6 +102,11 @@ def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str
         raise ValueError("--keep must be at least 1")
     model = json.loads((export_dir / CARD).read_text())["model_name"]
     digest = export_digest(export_dir)
+    with _locked(root):
+        return _push_locked(export_dir, root, model, digest, keep, base_path)
+
+
+def _push_locked(export_dir: Path, root: Path, model: str, digest: str, keep: int, base_path: str | None) -> PushResult:
     existing = versions(root, model)
     if existing and _digest_of(root / model / str(existing[-1])) == digest:
         write_configs(root, base_path)
