@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: install demo test bench lock clean
 
@@ -20,7 +21,7 @@ $(STAMP): requirements.txt setup.py
 	touch $(STAMP)
 
 demo: install
-	PYTHONUNBUFFERED=1 $(PY) -m pipelines.demo --out $(DEMO_DIR)
+	PYTHONUNBUFFERED=1 $(PY) -m pipelines.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

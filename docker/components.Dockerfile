@@ -1,6 +1,8 @@
-# Component image: every pipeline step (extract, validate, split, stain, train, evaluate, export)
-# runs `python -m components.<step>` in this image. The GPU base image carries CUDA/cuDNN for
-# the training steps; the same image runs the CPU steps.
+# Component image: every pipeline step (extract, split, stain, validate, train, evaluate, export,
+# push) runs in this image, as KFP's `python -m kfp.dsl.executor_main` calling pipelines.steps
+# (kfp is in the lock, so nothing is installed at run time), or by hand as
+# `python -m components.<step>`. Its tag is the pipelines' `image` parameter. The GPU base image
+# carries CUDA/cuDNN for the training steps; the same image runs the CPU steps.
 FROM tensorflow/tensorflow:2.16.2-gpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

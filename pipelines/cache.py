@@ -1,0 +1,68 @@
+"""Step caching for local runs. kfp 2.13's local runner has no cache (on a cluster, KFP's own
+caching applies), so each step looks itself up here before working.
+
+The key is a sha256 over the step's name, the code (every source file of this package), its
+parameters and the content of its input artifacts. An entry remembers where the step's outputs
+were written and their sha256; a hit copies them into the new run only while they still hash
+to what was recorded, so an edited or deleted earlier run is a miss, never a wrong result.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from components.atomic import write_json
+from components.records import tree_sha256
+
+PACKAGES = ("components", "pipelines", "serving")
+
+
+@functools.lru_cache(maxsize=1)
+def code_sha256() -> str:
+    """sha256 of this product's Python sources, as installed (the container image or a checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def step_key(step: str, params: dict, inputs: dict[str, str]) -> str:
+    described = {"step": step, "code": code_sha256(), "params": params,
+                 "inputs": {name: tree_sha256(path) for name, path in sorted(inputs.items())}}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def cached(cache_dir: str, step: str, params: dict, inputs: dict[str, str], outputs: dict[str, str],
+           compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """Run ``compute`` (which writes ``outputs`` and returns a JSON-able result) unless an earlier
+    run with the same key left outputs that are still intact. Returns (result, was_cached)."""
+    if not cache_dir:
+        return compute(), False
+    key = step_key(step, params, inputs)
+    entry_path = Path(cache_dir) / f"{key}.json"
+    if entry_path.exists():
+        entry = json.loads(entry_path.read_text())
+        earlier = {name: Path(o["path"]) for name, o in entry["outputs"].items()}
+        if set(earlier) == set(outputs) and all(
+                p.exists() and tree_sha256(p) == entry["outputs"][name]["sha256"] for name, p in earlier.items()):
+            for name, path in earlier.items():
+                _copy(path, Path(outputs[name]))
+            return entry["result"], True
+    result = compute()
+    write_json(entry_path, {"step": step, "key": key, "result": result, "outputs": {
+        name: {"path": str(Path(path).resolve()), "sha256": tree_sha256(path)} for name, path in outputs.items()}})
+    return result, False

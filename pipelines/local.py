@@ -1,0 +1,126 @@
+"""Run one modality's pipeline on this machine with ``kfp.local.SubprocessRunner``.
+
+Each run gets its own folder under ``--work-dir``: the compiled pipeline it ran
+(``pipeline.yaml``), every task's outputs, the task logs (``run.log``) and, once it has
+succeeded, ``manifest.json`` for auditors. Steps are cached in ``<work-dir>/cache`` (kfp's local
+runner has none of its own), so re-running with unchanged inputs reuses their outputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import secrets
+import sys
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from components import catalog, cli
+from components.train import TrainConfig
+from pipelines import audit, definition
+
+LOG = "run.log"
+
+
+_TRAIN = TrainConfig("", "", "")     # training defaults live in one place: components.train
+
+
+@dataclass
+class RunSettings:
+    image_size: int = _TRAIN.image_size
+    epochs: int = _TRAIN.epochs
+    head_epochs: int = _TRAIN.head_epochs
+    batch_size: int = _TRAIN.batch_size
+    learning_rate: float = _TRAIN.learning_rate
+    weights: str = _TRAIN.weights
+    seed: int = _TRAIN.seed
+    min_f1: float = 0.70
+    bootstrap: int = 1000
+    max_quarantine: float = 0.01
+    keep_versions: int = 3
+    backbones: list[str] = field(default_factory=lambda: list(catalog.BACKBONES))
+    strategies: list[str] = field(default_factory=lambda: list(catalog.STRATEGIES))
+
+    def arguments(self) -> dict:
+        """The pipeline parameters these settings fill (the fan-out is fixed at compile time)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("backbones", "strategies")}
+
+
+def new_run_id(modality: str) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{modality}-{stamp}-{secrets.token_hex(2)}"
+
+
+def run(modality: str, data: str | Path, model_repo: str | Path, work_dir: str | Path,
+        settings: RunSettings = RunSettings(), run_id: str | None = None, echo=print) -> Path:
+    """Run the pipeline; returns the run folder (with its verified manifest)."""
+    from kfp import components, local
+
+    catalog.modality(modality)
+    data, model_repo, work_dir = Path(data).resolve(), Path(model_repo).resolve(), Path(work_dir).resolve()
+    if not data.exists():
+        raise cli.UserError(f"--data {data} does not exist: give the dataset root (DDSM .tfrecords, class "
+                            "folders or the IDC tree), e.g. the output of components.sample_data")
+    if settings.weights not in ("imagenet", "none") and not Path(settings.weights).is_file():
+        raise cli.UserError(f"--weights {settings.weights}: no such file; use imagenet, none, or a notop .h5 path")
+    run_dir = work_dir / (run_id or new_run_id(modality))
+    run_dir.mkdir(parents=True, exist_ok=False)
+    spec_path = definition.compile_to(modality, run_dir / "pipeline.yaml", backbones=tuple(settings.backbones),
+                                      strategies=tuple(settings.strategies))
+    arguments = {**settings.arguments(), "source": str(data), "model_repo": str(model_repo),
+                 "cache_dir": str(work_dir / "cache")}
+    started = time.time()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir), raise_on_error=True)
+    pipeline = components.load_component_from_file(spec_path)   # run exactly the YAML the manifest records
+    tasks = audit.task_names(spec_path)
+    echo(f"run {run_dir.name}: {len(tasks)} tasks; task logs in {run_dir / LOG}")
+    try:
+        with _progress(run_dir, tasks, echo), open(run_dir / LOG, "w") as log, \
+                contextlib.redirect_stdout(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # kfp warns that our image name lacks 'python'
+            pipeline(**arguments)
+    except RuntimeError as e:
+        tail = "".join((run_dir / LOG).read_text().splitlines(keepends=True)[-25:])
+        raise cli.UserError(f"{e}\n--- last lines of {run_dir / LOG} ---\n{tail}") from None
+    manifest = audit.write_manifest(run_dir, modality=modality, arguments=arguments, settings=asdict(settings),
+                                    data=data, started=started)
+    pushed = [p for p in manifest["pushed"] if p["pushed"] or p["version"]]
+    echo(f"run {run_dir.name} finished in {time.time() - started:.0f} s: {len(pushed)} of "
+         f"{len(manifest['pushed'])} models in {model_repo}; manifest {run_dir / audit.MANIFEST}")
+    return run_dir
+
+
+@contextlib.contextmanager
+def _progress(run_dir: Path, tasks: dict[str, str], echo):
+    """A line (and on a terminal, a bar) per finished task, from the task folders the runner writes:
+    kfp.local itself only streams every task's raw log."""
+    stop = threading.Event()
+    out = sys.stdout                      # captured before the task logs are redirected to run.log
+
+    def watch():
+        bar = cli.progress(total=len(tasks), desc=run_dir.name, unit="task")
+        done, t0 = set(), time.time()
+        while True:
+            finishing = stop.is_set()
+            for task_dir in run_dir.glob("*/*/executor_output.json"):
+                name = task_dir.parent.name
+                if name not in done:
+                    done.add(name)
+                    bar.update(1)
+                    cached = "(cached) " if '"cached": true' in task_dir.read_text() else ""
+                    print(f"  [{len(done):>2}/{len(tasks)}] {tasks.get(name, name)} {cached}"
+                          f"at {time.time() - t0:.0f} s", file=out, flush=True)
+            if finishing:
+                break
+            stop.wait(1.0)
+        bar.close()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,78 @@
+"""The KFP v2 components: typed artifacts in and out, each body one call into ``pipelines.steps``.
+
+KFP ships a component's function source to the container and runs it there, so each body
+imports what it needs. The image named here is a placeholder: the pipeline sets every task's
+image from its ``image`` parameter (``PipelineTask.set_container_image``). The image already
+holds kfp and this package, so nothing is pip-installed at run time.
+"""
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+PLACEHOLDER_IMAGE = "bcimaging/components:set-by-the-image-parameter"
+
+
+def component(fn):
+    return dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)(fn)
+
+
+@component
+def extract(modality: str, source: str, max_quarantine: float, cache_dir: str,
+            examples: Output[Dataset], report: Output[Markdown]):
+    """Source images -> sharded TFRecords of the project schema (Apache Beam); bad inputs quarantined."""
+    from pipelines import steps
+    steps.extract(modality, source, max_quarantine, cache_dir, examples, report)
+
+
+@component
+def split(seed: int, cache_dir: str, examples: Input[Dataset], splits: Output[Dataset], report: Output[Markdown]):
+    """70/15/15, stratified by label, grouped by patient; a manifest with hashes."""
+    from pipelines import steps
+    steps.split(seed, cache_dir, examples, splits, report)
+
+
+@component
+def stain_normalize(seed: int, cache_dir: str, splits: Input[Dataset], normalized: Output[Dataset],
+                    report: Output[Markdown]):
+    """Macenko stain normalization, reference fitted on the train tiles."""
+    from pipelines import steps
+    steps.stain(seed, cache_dir, splits, normalized, report)
+
+
+@component
+def validate(cache_dir: str, splits: Input[Dataset], validation: Output[Artifact], report: Output[Markdown]):
+    """TFDV statistics, schema, anomalies and train/test drift; fails on anomalies that void training."""
+    from pipelines import steps
+    steps.validate(cache_dir, splits, validation, report)
+
+
+@component
+def train(modality: str, backbone: str, strategy: str, image_size: int, epochs: int, head_epochs: int,
+          batch_size: int, learning_rate: float, weights: str, seed: int, cache_dir: str,
+          splits: Input[Dataset], model: Output[Model]):
+    """One backbone x strategy, early stopping on validation AUC."""
+    from pipelines import steps
+    steps.train(modality, backbone, strategy, image_size, epochs, head_epochs, batch_size, learning_rate,
+                weights, seed, cache_dir, splits, model)
+
+
+@component
+def evaluate(min_f1: float, bootstrap: int, seed: int, cache_dir: str, model: Input[Model], splits: Input[Dataset],
+             evaluation: Output[Artifact], metrics: Output[Metrics], classification: Output[ClassificationMetrics],
+             report: Output[HTML]):
+    """Test metrics with 95 % bootstrap CIs, threshold from validation, plots, blessing."""
+    from pipelines import steps
+    steps.evaluate(min_f1, bootstrap, seed, cache_dir, model, splits, evaluation, metrics, classification, report)
+
+
+@component
+def export(cache_dir: str, model: Input[Model], evaluation: Input[Artifact], saved_model: Output[Model]):
+    """SavedModel (serving_default + explain), model card, warmup requests."""
+    from pipelines import steps
+    steps.export(cache_dir, model, evaluation, saved_model)
+
+
+@component
+def push(model_repo: str, keep: int, saved_model: Input[Model], evaluation: Input[Artifact], record: Output[Markdown]):
+    """Blessed models into the model repository (atomic); an unblessed one is skipped with the reason."""
+    from pipelines import steps
+    steps.push(model_repo, keep, saved_model, evaluation, record)

@@ -1,0 +1,178 @@
+"""What each pipeline component does, in the component image: call ``components.<step>.run``
+on the artifacts' paths (through the local step cache), then describe the result for the KFP UI
+(artifact metadata, Metrics, ClassificationMetrics, Markdown and HTML reports).
+
+The ``@dsl.component`` functions in ``pipelines.ops`` only forward their arguments here, so
+this module is ordinary, importable, testable Python.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+from components.atomic import write_text
+from components.records import tree_sha256
+from pipelines.cache import cached
+
+
+def _describe(artifact, cached_: bool, **metadata) -> None:
+    artifact.metadata.update({"sha256": tree_sha256(artifact.path), "cached": cached_, **metadata})
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
+
+
+def extract(modality: str, source: str, max_quarantine: float, cache_dir: str, examples, report) -> None:
+    from components import extract as step
+
+    source_sha256 = tree_sha256(source)          # the data's content, whatever its path
+    summary, hit = cached(cache_dir, "extract", {"modality": modality, "max_quarantine": max_quarantine,
+                                                 "source_sha256": source_sha256}, {}, {"examples": examples.path},
+                          lambda: step.run(modality, source, examples.path, max_quarantine=max_quarantine))
+    _describe(examples, hit, records=summary["records_written"], quarantined=summary["quarantined"],
+              source=source, source_sha256=source_sha256)
+    write_text(report.path, f"# Extract: {modality}\n\nSource `{source}`\n\n" + _table(
+        [[summary["inputs"], summary["records_written"], summary["quarantined"], summary["patients"]]],
+        ["inputs", "records written", "quarantined", "patients"]))
+
+
+def split(seed: int, cache_dir: str, examples, splits, report) -> None:
+    from components import split as step
+
+    manifest, hit = cached(cache_dir, "split", {"seed": seed}, {"examples": examples.path}, {"splits": splits.path},
+                           lambda: step.run(examples.path, splits.path, seed=seed))
+    _split_report(manifest, "Split (patient-grouped, stratified)", report.path)
+    _describe(splits, hit, manifest_sha256=tree_sha256(Path(splits.path) / "manifest.json"),
+              **{f"{name}_records": info["records"] for name, info in manifest["splits"].items()})
+
+
+def _split_report(manifest: dict, title: str, path: str) -> None:
+    rows = [[name, info["records"], info.get("patients", ""), info.get("positive_ratio", ""), info["content_sha256"][:16]]
+            for name, info in manifest["splits"].items()]
+    write_text(path, f"# {title}: {manifest.get('modality', '')}\n\n" + _table(
+        rows, ["split", "records", "patients", "positive share", "content sha256"]))
+
+
+def stain(seed: int, cache_dir: str, splits, normalized, report) -> None:
+    from components import stain as step
+
+    reference, hit = cached(cache_dir, "stain", {"seed": seed}, {"splits": splits.path},
+                            {"normalized": normalized.path}, lambda: step.run(splits.path, normalized.path, seed=seed))
+    manifest = json.loads((Path(normalized.path) / "manifest.json").read_text())
+    _split_report(manifest, "Stain-normalized splits (Macenko, reference fitted on train)", report.path)
+    _describe(normalized, hit, manifest_sha256=tree_sha256(Path(normalized.path) / "manifest.json"),
+              **{f"tiles_{how}": n for how, n in reference["tiles"].items()})
+
+
+def validate(cache_dir: str, splits, validation, report) -> None:
+    from components import validate as step
+
+    verdict, hit = cached(cache_dir, "validate", {}, {"splits": splits.path}, {"validation": validation.path},
+                          lambda: step.run(splits.path, validation.path))
+    write_text(report.path, (Path(validation.path) / "report.md").read_text())
+    _describe(validation, hit, ok=verdict["ok"], warnings=len(verdict["warnings"]))
+
+
+def train(modality: str, backbone: str, strategy: str, image_size: int, epochs: int, head_epochs: int,
+          batch_size: int, learning_rate: float, weights: str, seed: int, cache_dir: str, splits, model) -> None:
+    from components import train as step
+
+    config = step.TrainConfig(modality, backbone, strategy, image_size, epochs, head_epochs, batch_size,
+                              learning_rate, weights, seed=seed)
+    params = dict(vars(config))
+    if weights not in ("imagenet", "none"):          # a weights file: its content counts, not its name
+        params["weights"] = tree_sha256(weights)
+    training, hit = cached(cache_dir, "train", params, {"splits": splits.path}, {"model": model.path},
+                           lambda: step.run(splits.path, model.path, config))
+    _describe(model, hit, model_name=training["model_name"], epochs_run=training["epochs_run"],
+              best_val_auc=round(training["best_val_auc"], 4), framework="keras")
+
+
+def evaluate(min_f1: float, bootstrap: int, seed: int, cache_dir: str, model, splits, evaluation,
+             metrics, classification, report) -> None:
+    from components import evaluate as step
+
+    test, validation = str(Path(splits.path) / "test"), str(Path(splits.path) / "validation")
+    result, hit = cached(cache_dir, "evaluate", {"min_f1": min_f1, "bootstrap": bootstrap, "seed": seed},
+                         {"model": model.path, "splits": splits.path}, {"evaluation": evaluation.path},
+                         lambda: step.run(model.path, test, validation, evaluation.path, min_f1=min_f1,
+                                          bootstrap=bootstrap, seed=seed))
+    blessing = json.loads((Path(evaluation.path) / "blessing.json").read_text())
+    _describe(evaluation, hit, model_name=result["model_name"], blessed=blessing["blessed"])
+    for name, m in result["metrics"].items():
+        metrics.log_metric(name, round(m["value"], 4))
+        metrics.log_metric(f"{name}_ci95_low", round(m["ci_low"], 4))
+        metrics.log_metric(f"{name}_ci95_high", round(m["ci_high"], 4))
+    metrics.log_metric("threshold", round(result["threshold"], 4))
+    metrics.log_metric("blessed", int(blessing["blessed"]))
+    _log_classification(Path(evaluation.path), result, classification)
+    write_text(report.path, evaluation_html(Path(evaluation.path), result, blessing))
+
+
+def _log_classification(evaluation_dir: Path, result: dict, classification) -> None:
+    """ROC curve and confusion matrix in KFP's own form, so its UI draws them."""
+    import numpy as np
+    from sklearn.metrics import confusion_matrix, roc_curve
+
+    from components import catalog
+
+    with (evaluation_dir / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    fpr, tpr, thresholds = roc_curve(y, p)
+    thresholds = np.minimum(thresholds, 1.0)              # sklearn starts at +inf; JSON cannot hold it
+    classification.log_roc_curve(fpr.tolist(), tpr.tolist(), thresholds.tolist())
+    modality = result["model_name"].split("-")[0]
+    matrix = confusion_matrix(y, (p >= result["threshold"]).astype(int), labels=[0, 1])
+    classification.log_confusion_matrix(list(catalog.modality(modality).label_names), matrix.tolist())
+
+
+def evaluation_html(evaluation_dir: Path, result: dict, blessing: dict) -> str:
+    """One page for the KFP UI: metrics with 95 % intervals, the blessing, the pictures inline."""
+    from components.export import PICTURES
+
+    rows = "".join(f"<tr><td>{name}</td><td>{m['value']:.3f}</td><td>[{m['ci_low']:.3f}, {m['ci_high']:.3f}]</td></tr>"
+                   for name, m in result["metrics"].items())
+    pictures = "".join(
+        f'<figure><img alt="{p}" src="data:image/png;base64,{base64.b64encode((evaluation_dir / p).read_bytes()).decode()}">'
+        f"<figcaption>{p}</figcaption></figure>" for p in PICTURES if (evaluation_dir / p).exists())
+    verdict = "blessed" if blessing["blessed"] else "not blessed"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{result['model_name']}</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 10px}img{max-width:420px}"
+            "figure{display:inline-block}</style></head><body>"
+            f"<h1>{result['model_name']}</h1><p>{result['records']} test records ({result['positives']} positive); "
+            f"threshold {result['threshold']:.3f} chosen on validation ({result['threshold_rule']}); "
+            f"<b>{verdict}</b>: {blessing['reason']} ({blessing['rule']}).</p>"
+            f"<table><tr><th>metric</th><th>value</th><th>95% CI ({result['confidence']})</th></tr>{rows}</table>"
+            f"{pictures}</body></html>")
+
+
+def export(cache_dir: str, model, evaluation, saved_model) -> None:
+    from components import export as step
+
+    card, hit = cached(cache_dir, "export", {}, {"model": model.path, "evaluation": evaluation.path},
+                       {"saved_model": saved_model.path}, lambda: step.run(model.path, evaluation.path, saved_model.path))
+    _describe(saved_model, hit, model_name=card["model_name"], framework="tensorflow-savedmodel")
+
+
+def push(model_repo: str, keep: int, saved_model, evaluation, record) -> None:
+    """Push a blessed export into the repository; an unblessed one is skipped, and the record says why."""
+    from serving import repository
+
+    blessing = json.loads((Path(evaluation.path) / "blessing.json").read_text())
+    name = json.loads((Path(evaluation.path) / "metrics.json").read_text())["model_name"]
+    if blessing["blessed"]:
+        result = repository.push(saved_model.path, model_repo, keep=keep)
+        outcome = {"model": name, "pushed": result.pushed, "version": result.version, "reason": result.reason}
+    else:
+        outcome = {"model": name, "pushed": False, "version": None,
+                   "reason": f"not blessed: {blessing['reason']} ({blessing['rule']})"}
+    outcome.update(model_repo=model_repo, export_sha256=repository.export_digest(Path(saved_model.path)))
+    record.metadata.update(outcome)
+    write_text(record.path, f"# Push: {name}\n\n" + _table([[outcome["pushed"], outcome["version"], outcome["reason"]]],
+                                                          ["pushed", "version", "reason"]))

@@ -1,0 +1,172 @@
+"""The Kubeflow pipelines: compiled IR for the cluster, a real local run with
+kfp.local.SubprocessRunner (six histopathology models into a model repository), the audit
+trail and its tamper detection, step caching on a re-run, the cross-modality report."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import catalog
+from serving import repository
+from tests.conftest import run_cli
+
+IMAGE_PARAM = "{{$.inputs.parameters['pipelinechannel--image']}}"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, list[dict]]:
+    out = tmp_path_factory.mktemp("compiled")
+    run_cli("pipelines", "compile", "--out", str(out))
+    files = sorted(out.glob("*.yaml"))
+    assert [f.name for f in files] == [f"bcimaging-{m}.yaml" for m in sorted(catalog.MODALITIES)]
+    return {f.stem.removeprefix("bcimaging-"): list(yaml.safe_load_all(f.read_text())) for f in files}
+
+
+def _tasks(spec: dict) -> dict[str, dict]:
+    return spec["root"]["dag"]["tasks"]
+
+
+def _executor(spec: dict, task: dict) -> dict:
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][label]["container"]
+
+
+def test_compile_writes_one_pipeline_per_modality_with_six_gpu_training_tasks(compiled):
+    for modality, (spec, platform) in compiled.items():
+        tasks = _tasks(spec)
+        train = {n: t for n, t in tasks.items() if t["taskInfo"]["name"].startswith("train ")}
+        assert sorted(t["taskInfo"]["name"] for t in train.values()) == sorted(
+            f"train {catalog.model_name(modality, b, s)}" for b in catalog.BACKBONES for s in catalog.STRATEGIES)
+        inputs = spec["root"]["inputDefinitions"]["parameters"]
+        assert inputs["accelerator_type"]["defaultValue"] == "nvidia.com/gpu"
+        assert inputs["accelerator_limit"]["defaultValue"] == 1
+        for name, task in train.items():
+            accelerator = _executor(spec, task)["resources"]["accelerator"]
+            assert "accelerator_type" in accelerator["resourceType"] and "accelerator_limit" in accelerator["resourceCount"]
+            k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
+                spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+            assert k8s["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
+            assert k8s["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "gpu_toleration"
+        # every step runs on the component image given as a parameter, with CPU/memory requests
+        for task in tasks.values():
+            container = _executor(spec, task)
+            assert container["image"] == IMAGE_PARAM
+            assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryRequest"]
+        names = [t["taskInfo"]["name"] for t in tasks.values()]
+        assert ("stain-normalize" in names) == (modality == "histopathology")
+        pushes = [t for t in tasks.values() if t["taskInfo"]["name"].startswith("push ")]
+        assert len(pushes) == 6 and all(not t["cachingOptions"].get("enableCache", False) for t in pushes)
+        cached = [t for t in tasks.values() if not t["taskInfo"]["name"].startswith("push ")]
+        assert all(t["cachingOptions"]["enableCache"] for t in cached)
+
+
+@pytest.fixture(scope="module")
+def local_run(sample_sources, tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipeline-run")
+    args = ["pipelines", "run", "--modality", "histopathology", "--data", str(sample_sources["histopathology"]),
+            "--model-repo", str(base / "repo"), "--work-dir", str(base / "work"), "--image-size", "32",
+            "--epochs", "1", "--head-epochs", "1", "--batch-size", "16", "--min-f1", "0", "--weights", "none",
+            "--bootstrap", "100", "--seed", "1"]
+    first = run_cli(*args)
+    (run_dir,) = [p.parent for p in (base / "work").glob("*/manifest.json")]
+    return {"base": base, "args": args, "run_dir": run_dir, "stdout": first.stdout}
+
+
+def test_local_run_pushes_six_loadable_savedmodels(local_run):
+    import tensorflow as tf
+
+    repo = local_run["base"] / "repo"
+    expected = sorted(catalog.model_name("histopathology", b, s) for b in catalog.BACKBONES for s in catalog.STRATEGIES)
+    assert repository.models(repo) == expected
+    for name in expected:
+        loaded = tf.saved_model.load(str(repo / name / "1"))
+        assert {"serving_default", "explain"} <= set(loaded.signatures)
+    config = repository.read_models_config(repo)
+    assert sorted(c.name for c in config.model_config_list.config) == expected
+    assert "[28/28]" in local_run["stdout"]          # progress: one line per finished task
+
+
+def test_manifest_records_data_code_splits_metrics_and_pushes(local_run):
+    manifest = json.loads((local_run["run_dir"] / "manifest.json").read_text())
+    assert manifest["pipeline"]["name"] == "bcimaging-histopathology"
+    assert manifest["parameters"]["image_size"] == 32 and manifest["code"]["sources_sha256"]
+    assert manifest["input_data"]["records_written"] == 60 and len(manifest["input_data"]["sha256"]) == 64
+    assert sum(s["records"] for s in manifest["splits"]["counts"].values()) == 60
+    assert len(manifest["splits"]["manifest_sha256"]) == 64
+    assert len(manifest["metrics"]) == 6
+    for m in manifest["metrics"].values():
+        auc = m["metrics"]["roc_auc"]
+        assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+    assert [(p["model"], p["version"]) for p in manifest["pushed"]] == [(n, 1) for n in sorted(manifest["metrics"])]
+
+
+def test_audit_passes_then_names_the_one_changed_byte(local_run):
+    run_dir = local_run["run_dir"]
+    ok = run_cli("pipelines", "audit", str(run_dir))
+    assert "audit passed" in ok.stdout
+    victim = next(p for p in sorted(run_dir.rglob("variables.data-*")) if "saved_model" in p.parts)
+    original = victim.read_bytes()
+    victim.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    try:
+        bad = run_cli("pipelines", "audit", str(run_dir), check=False)
+        assert bad.returncode == 1
+        assert victim.relative_to(run_dir).as_posix() in bad.stdout and "modified" in bad.stdout
+    finally:
+        victim.write_bytes(original)
+    assert run_cli("pipelines", "audit", str(run_dir)).returncode == 0
+    missing = run_cli("pipelines", "audit", str(local_run["base"]), check=False)
+    assert missing.returncode == 2 and "manifest.json not found" in missing.stderr
+
+
+def test_rerun_with_unchanged_inputs_reuses_every_cached_step(local_run):
+    again = run_cli(*local_run["args"])
+    lines = [l for l in again.stdout.splitlines() if l.strip().startswith("[")]
+    assert len(lines) == 28
+    assert all("(cached)" in l for l in lines if " push " not in l)
+    runs = sorted(p.parent for p in (local_run["base"] / "work").glob("*/manifest.json"))
+    assert len(runs) == 2
+    first, second = (json.loads((r / "manifest.json").read_text()) for r in runs)
+    assert first["metrics"] == second["metrics"]
+    assert all(p["version"] == 1 and not p["pushed"] for p in second["pushed"])   # identical exports: no new version
+    assert run_cli("pipelines", "audit", str(runs[1])).returncode == 0
+
+
+def test_report_compares_backbones_and_strategies(local_run, tmp_path):
+    run_cli("pipelines", "report", "--work-dir", str(local_run["base"] / "work"), "--out", str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    assert "histopathology: unfrozen models" in md and "histopathology: progressive models" in md
+    assert "DeLong p (AUC)" in md and "resnet50 vs vgg16" in md and "Best configuration per modality" in md
+    assert "<table>" in (tmp_path / "report.html").read_text()
+    empty = run_cli("pipelines", "report", "--work-dir", str(tmp_path / "nothing"), check=False)
+    assert empty.returncode == 2 and "no finished run" in empty.stderr
+
+
+def test_bad_run_and_submit_arguments_get_clear_errors(tmp_path):
+    missing = run_cli("pipelines", "run", "--modality", "ultrasound", "--data", str(tmp_path / "absent"),
+                      "--model-repo", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w"), check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    wrong = run_cli("pipelines", "run", "--modality", "ultrasound", "--data", str(tmp_path), "--model-repo", "r",
+                    "--work-dir", "w", "--backbones", "resnet50,alexnet", check=False)
+    assert wrong.returncode == 2 and "alexnet" in wrong.stderr
+    relative = run_cli("pipelines", "submit", "--host", "http://127.0.0.1:9", "--modality", "ultrasound",
+                       "--data", "busi", check=False)
+    assert relative.returncode == 2 and "absolute path" in relative.stderr
+    refused = run_cli("pipelines", "submit", "--host", "http://127.0.0.1:9", "--modality", "ultrasound",
+                      "--data", "/data/busi", check=False)
+    assert refused.returncode == 2 and "could not submit to http://127.0.0.1:9" in refused.stderr
+
+
+def test_failed_step_says_which_and_leaves_no_manifest(tmp_path):
+    data = tmp_path / "data" / "benign"
+    data.mkdir(parents=True)
+    (data / "a.png").write_bytes(b"not an image")
+    proc = run_cli("pipelines", "run", "--modality", "ultrasound", "--data", str(tmp_path / "data"),
+                   "--model-repo", str(tmp_path / "repo"), "--work-dir", str(tmp_path / "work"), check=False)
+    assert proc.returncode == 2 and "extract" in proc.stderr and "run.log" in proc.stderr
+    assert not list((tmp_path / "work").glob("*/manifest.json"))
+    assert not (tmp_path / "repo").exists()
+    shutil.rmtree(tmp_path / "work")
