@@ -54,6 +54,15 @@ def browser():
     driver.quit()
 
 
+def _after_submit(driver, css: str, timeout: float = 60.0) -> list:
+    """The elements the answer page shows: a submit click returns before the new page has
+    arrived, and on a busy 2-core machine three models can take seconds to answer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))
+
+
 def _shot(driver, name):
     folder = ARTIFACTS / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +80,7 @@ def test_upload_result_compare_and_error_banner_in_chromium(site, browser):
     browser.find_element(By.LINK_TEXT, "resnet50").click()
     browser.find_element(By.ID, "image-input").send_keys(str(site["files"] / "scan.png"))
     browser.find_element(By.ID, "predict-button").click()
-    label = browser.find_element(By.ID, "result-label").text
+    label = _after_submit(browser, "#result-label")[0].text
     assert label in ("Benign or normal", "Malignant")
     assert browser.find_element(By.ID, "gradcam").get_attribute("src").startswith("data:image/png;base64,")
     _shot(browser, "model-result")
@@ -79,13 +88,13 @@ def test_upload_result_compare_and_error_banner_in_chromium(site, browser):
     browser.get(site["url"] + "/cohorts/ultrasound/unfrozen")
     browser.find_element(By.ID, "image-input").send_keys(str(site["files"] / "scan.png"))
     browser.find_element(By.ID, "compare-button").click()
-    rows = browser.find_elements(By.CSS_SELECTOR, "#result tr.cell-0, #result tr.cell-1")
+    rows = _after_submit(browser, "#result tr.cell-0, #result tr.cell-1")
     assert len(rows) == 3 and "models agree" in browser.find_element(By.ID, "result").text
     _shot(browser, "compare")
 
     browser.get(site["url"] + "/models/ultrasound-vgg16-unfrozen")
     browser.find_element(By.ID, "image-input").send_keys(str(site["files"] / "notes.png"))
     browser.find_element(By.ID, "predict-button").click()
-    banner = browser.find_element(By.ID, "error-banner").text
+    banner = _after_submit(browser, "#error-banner")[0].text
     assert "not an image" in banner and "PNG, JPEG or BMP" in banner
     _shot(browser, "error-banner")
