@@ -110,8 +110,10 @@ def _progress(run_dir: Path, tasks: dict[str, str], echo):
                     done.add(name)
                     bar.update(1)
                     cached = "(cached) " if '"cached": true' in task_dir.read_text() else ""
-                    print(f"  [{len(done):>2}/{len(tasks)}] {tasks.get(name, name)} {cached}"
-                          f"at {time.time() - t0:.0f} s", file=out, flush=True)
+                    # tqdm.write keeps the line above the bar on a terminal
+                    bar.write(f"  [{len(done):>2}/{len(tasks)}] {tasks.get(name, name)} {cached}"
+                              f"at {time.time() - t0:.0f} s", file=out)
+                    out.flush()
             if finishing:
                 break
             stop.wait(1.0)
