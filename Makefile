@@ -8,7 +8,10 @@ DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: install demo test bench lock clean
+STUDY_DIR ?= study-output
+STUDY_ARGS ?=
+
+.PHONY: install demo test bench study lock clean
 
 install: $(STAMP)
 
@@ -26,6 +29,11 @@ demo: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+# The real-data study (a benchmark, not CI): 18 models on ../shared/datasets, seeds, the report.
+study: install
+	PYTHONUNBUFFERED=1 $(PY) -m pipelines study --data ../shared/datasets --work-dir $(STUDY_DIR)/work \
+	  --model-repo $(STUDY_DIR)/model-repository --profile cpu $(STUDY_ARGS)
+
 bench: install
 	$(PY) -m bench
 
@@ -38,4 +46,4 @@ lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(STUDY_DIR) .pytest_cache

@@ -20,7 +20,6 @@ import concurrent.futures
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from serving.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITY, STRATEGY = "ultrasound", "unfrozen"
@@ -52,12 +53,6 @@ def export_untrained(backbone: str, size: int, out: Path) -> None:
         "test_metrics": {m: nan for m in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")},
         "note": "untrained weights, latency benchmark only"})
     export.warmup_records(out / "assets.extra" / export.WARMUP_FILE, name, size)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, seconds: float = 180) -> None:

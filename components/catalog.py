@@ -20,17 +20,24 @@ class Modality:
     # Split groups images whose 32x32 thumbnails correlate at least this much (0: off):
     # BUSI files frames of one lesion as separate images, sometimes under two classes.
     near_duplicate_r: float = 0.0
+    augmentation: str = "report"  # default training augmentation policy (components.data)
+    despeckle: bool = False       # 3x3 median filter + histogram equalization (components.preprocess)
+    stain_normalization: bool = False   # Macenko step between split and training (components.stain)
+    study_dataset: str = ""       # its folder under the study's data root (pipelines.study)
 
 
 MODALITIES = {
     m.name: m
     for m in (
         Modality("mammography", ("No tumor", "Tumor"), "ddsm",
-                 "DDSM ROI patches (grayscale); label_normal is the binary target"),
+                 "DDSM ROI patches (grayscale); label_normal is the binary target", augmentation="dihedral",
+                 study_dataset="ddsm"),
         Modality("ultrasound", ("Benign or normal", "Malignant"), "class_folders",
-                 "B-mode frames in benign/ malignant/ normal/ class folders", near_duplicate_r=0.97),
+                 "B-mode frames in benign/ malignant/ normal/ class folders", near_duplicate_r=0.97,
+                 augmentation="ultrasound", despeckle=True, study_dataset="busi"),
         Modality("histopathology", ("IDC negative", "IDC positive"), "idc_tree",
-                 "H&E patches in the IDC <patient>/<0|1>/ tree"),
+                 "H&E patches in the IDC <patient>/<0|1>/ tree", augmentation="histology",
+                 stain_normalization=True, study_dataset="idc"),
     )
 }
 

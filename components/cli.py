@@ -39,3 +39,38 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
 
 def is_terminal() -> bool:
     return sys.stderr.isatty()
+
+
+def add_options(parser: argparse.ArgumentParser, settings_class, skip: Iterable[str] = ()) -> None:
+    """One ``--option`` per field of the dataclass ``settings_class``: its name, type and default
+    come from the field and its help from ``field(metadata={"help": ...})``, so a setting is
+    declared once. List fields take comma-separated values from ``metadata["choices"]``."""
+    import dataclasses
+
+    for f in dataclasses.fields(settings_class):
+        if f.name in skip or not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = csv_choice(f.metadata["choices"]) if isinstance(default, list) else type(default)
+        shown = ",".join(default) if isinstance(default, list) else default
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
+                            help=(f.metadata.get("help", "") + f" (default: {shown})").strip())
+
+
+def options_to(settings_class, args: argparse.Namespace, **given):
+    """The dataclass built, by keyword, from the parsed options that ``add_options`` declared."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)
+              if f.init and hasattr(args, f.name) and f.name not in given}
+    return settings_class(**values, **given)
+
+
+def csv_choice(choices):
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        wrong = [v for v in values if v not in choices]
+        if wrong or not values:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose a comma-separated subset of {', '.join(choices)}")
+        return values
+    return parse

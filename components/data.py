@@ -3,11 +3,12 @@ preprocessing (components.preprocess), per-modality augmentation, batching and p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
 
-from components import preprocess, schema
+from components import catalog, preprocess, schema
 from components.records import compression, tfrecord_files
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -23,32 +24,78 @@ def _files(split_dir: str | Path) -> tuple[list[str], str]:
     return [str(f) for f in files], kinds.pop()
 
 
-def augmenter(modality: str, seed: int):
-    """A per-image function: random horizontal flip, +-10 degree rotation, zoom 0.9-1.1 and
-    +-10 % brightness (the report's schedule) on uint8 HxWxC (any channels) -> float32; then,
-    for histopathology, HSV jitter on the RGB result (stain variation the Macenko step does not
-    cover). Flip, rotation and zoom are one affine warp, so each image is resampled once
-    (Keras' separate RandomFlip/RandomRotation/RandomZoom layers resample it three times,
-    which was most of the input pipeline's time)."""
+@dataclass(frozen=True)
+class Augmentation:
+    """A random-augmentation policy, applied per image on the training split only."""
+    rotate_deg: float = 10.0          # uniform +- this
+    zoom: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.0            # uniform +- this fraction of the side, each axis
+    vertical_flip: bool = False       # besides the horizontal flip every policy but "none" has
+    quarter_turns: bool = False       # rotate by k x 90 degrees too (no up/down in the image)
+    brightness: float = 25.5          # +- on the 0..255 scale
+    contrast: float = 0.0             # x uniform 1 +- this, around the image mean
+    stain_jitter: bool = False        # hue +-0.05 and saturation x0.9-1.1 (H&E colour variation)
+    horizontal_flip: bool = True
+
+
+AUGMENTATIONS = {
+    "none": Augmentation(rotate_deg=0.0, zoom=(1.0, 1.0), brightness=0.0, horizontal_flip=False),
+    # the report's schedule: flip, +-10 degrees, zoom 0.9-1.1, +-10 % brightness
+    "report": Augmentation(),
+    # B-mode frames have a top (the probe) but no left/right: no vertical flips or quarter
+    # turns; the lesion may sit anywhere, and gain differs between machines
+    "ultrasound": Augmentation(rotate_deg=12.0, zoom=(0.85, 1.2), translate=0.08, contrast=0.2),
+    # ROI crops and tissue tiles have no orientation at all: the whole dihedral group
+    "dihedral": Augmentation(rotate_deg=15.0, zoom=(0.85, 1.15), translate=0.05, vertical_flip=True,
+                             quarter_turns=True, contrast=0.15),
+    "histology": Augmentation(rotate_deg=15.0, zoom=(0.9, 1.1), translate=0.05, vertical_flip=True,
+                              quarter_turns=True, contrast=0.1, stain_jitter=True),
+}
+
+
+def augmentation(name: str) -> Augmentation:
+    try:
+        return AUGMENTATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}") from None
+
+
+def augmenter(policy: str | Augmentation, seed: int):
+    """A per-image function uint8 HxWxC (any channels) -> float32 HxWx3 applying ``policy``.
+    Flips, rotation, quarter turns, zoom and shift are one affine warp, so each image is
+    resampled once (Keras' separate RandomFlip/RandomRotation/RandomZoom layers resample it
+    three times, which was most of the input pipeline's time); grayscale is warped on its one
+    channel and expanded to RGB last."""
+    a = augmentation(policy) if isinstance(policy, str) else policy
     rng = tf.random.Generator.from_seed(seed)
+
+    def sign(enabled: bool):
+        return tf.where(rng.uniform([]) < 0.5, -1.0, 1.0) if enabled else tf.constant(1.0)
 
     def augment(image):
         shape = tf.shape(image)
         h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-        angle = rng.uniform([], -10.0, 10.0) * (3.141592653589793 / 180.0)
-        zoom = rng.uniform([], 0.9, 1.1)
-        flip = tf.where(rng.uniform([]) < 0.5, -1.0, 1.0)
+        angle = rng.uniform([], -a.rotate_deg, a.rotate_deg + 1e-6) * (math.pi / 180.0)
+        if a.quarter_turns:
+            angle += tf.cast(rng.uniform([], 0, 4, dtype=tf.int32), tf.float32) * (math.pi / 2)
+        zoom = rng.uniform([], a.zoom[0], a.zoom[1] + 1e-6)
+        fx, fy = sign(a.horizontal_flip), sign(a.vertical_flip)
+        dx = rng.uniform([], -a.translate, a.translate + 1e-6) * w
+        dy = rng.uniform([], -a.translate, a.translate + 1e-6) * h
         cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
         cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
         # output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2)
-        a0, a1, b0, b1 = flip * cos, sin, -flip * sin, cos
-        transform = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, 0.0, 0.0])[None]
+        a0, a1, b0, b1 = fx * cos, fy * sin, -fx * sin, fy * cos
+        transform = tf.stack([a0, a1, cx - a0 * cx - a1 * cy + dx, b0, b1, cy - b0 * cx - b1 * cy + dy, 0.0, 0.0])[None]
         warped = tf.raw_ops.ImageProjectiveTransformV3(
             images=tf.cast(image, tf.float32)[None], transforms=transform, output_shape=shape[:2],
             fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
-        warped = tf.clip_by_value(warped + rng.uniform([], -25.5, 25.5), 0.0, 255.0)
+        if a.contrast:
+            mean = tf.reduce_mean(warped)
+            warped = (warped - mean) * rng.uniform([], 1.0 - a.contrast, 1.0 + a.contrast) + mean
+        warped = tf.clip_by_value(warped + rng.uniform([], -a.brightness, a.brightness + 1e-6), 0.0, 255.0)
         rgb = preprocess.to_rgb(warped)
-        if modality == "histopathology":
+        if a.stain_jitter:
             rgb = tf.image.random_hue(rgb / 255.0, 0.05, seed=seed + 4)
             rgb = tf.clip_by_value(tf.image.random_saturation(rgb, 0.9, 1.1, seed=seed + 5), 0.0, 1.0) * 255.0
         return rgb
@@ -57,16 +104,18 @@ def augmenter(modality: str, seed: int):
 
 
 def dataset(split_dir: str | Path, modality: str, image_size: int, batch_size: int, training: bool,
-            seed: int = 0, with_ids: bool = False) -> tf.data.Dataset:
+            seed: int = 0, with_ids: bool = False, augment_with: str | None = None) -> tf.data.Dataset:
     """(images float32 [B, S, S, 3] in 0..255, labels float32 [B]) batches; with ids, also
-    (source_id, patient_id) for evaluation reports."""
+    (source_id, patient_id) for evaluation reports. Training batches are shuffled and
+    augmented with the policy ``augment_with`` (default: the modality's)."""
     files, kind = _files(split_dir)
     spec = {k: v for k, v in schema.feature_spec().items() if k in (schema.IMAGE, schema.LABEL, schema.SOURCE, schema.PATIENT)}
     ds = tf.data.TFRecordDataset(files, compression_type=kind, num_parallel_reads=min(len(files), 8))
     if training:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
 
-    augment = augmenter(modality, seed) if training else None
+    policy = augment_with or catalog.modality(modality).augmentation
+    augment = augmenter(policy, seed) if training and policy != "none" else None
 
     def parse(raw):
         f = tf.io.parse_single_example(raw, spec)

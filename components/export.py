@@ -32,7 +32,7 @@ PICTURES = ("roc.png", "confusion_matrix.png", "calibration.png", "learning_curv
 
 
 def serving_module(model, modality: str, image_size: int, threshold: float, last_conv: str,
-                   stain_reference=None):
+                   stain_reference=None, temperature: float = 1.0):
     import keras
     import tensorflow as tf
 
@@ -50,6 +50,12 @@ def serving_module(model, modality: str, image_size: int, threshold: float, last
             self.model = model
             self.grad_model = keras.Model(model.inputs, [model.get_layer(last_conv).output, model.output])
             self.threshold = tf.constant(threshold, tf.float32)
+            self.temperature = tf.constant(temperature, tf.float32)
+
+        def calibrated(self, p):
+            """Temperature scaling fitted on validation: sigmoid(logit(p) / T)."""
+            p = tf.clip_by_value(tf.cast(p, tf.float32), 1e-7, 1.0 - 1e-7)
+            return tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / self.temperature)
 
         def images(self, image_bytes):
             return tf.map_fn(prepare, image_bytes,
@@ -57,7 +63,7 @@ def serving_module(model, modality: str, image_size: int, threshold: float, last
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve(self, image_bytes):
-            p = tf.reshape(tf.cast(self.model(self.images(image_bytes), training=False), tf.float32), [-1])
+            p = tf.reshape(self.calibrated(self.model(self.images(image_bytes), training=False)), [-1])
             return {"probability": p, "label": tf.cast(p >= self.threshold, tf.int64),
                     "threshold": tf.fill(tf.shape(p), self.threshold)}
 
@@ -66,7 +72,7 @@ def serving_module(model, modality: str, image_size: int, threshold: float, last
             images = self.images(image_bytes)
             with tf.GradientTape() as tape:
                 conv, prob = self.grad_model(images, training=False)
-                prob = tf.cast(prob, tf.float32)
+                prob = self.calibrated(prob)
                 # explain the decision taken: evidence for "positive" above the threshold,
                 # for "negative" below it (otherwise a negative call shows an empty map)
                 target = tf.where(prob >= self.threshold, prob, 1.0 - prob)
@@ -118,11 +124,13 @@ def model_card(training: dict, evaluation: dict, blessing: dict) -> dict:
     return {
         "model_name": training["model_name"], "modality": spec.name, "backbone": config["backbone"],
         "strategy": config["strategy"], "label_names": list(spec.label_names), "image_size": config["image_size"],
+        "profile": config.get("profile", ""),
         "threshold": evaluation["threshold"], "threshold_rule": evaluation["threshold_rule"],
         "threshold_chosen_on": evaluation["threshold_chosen_on"],
         "test_metrics": evaluation["metrics"], "test_records": evaluation["records"],
         "test_positives": evaluation["positives"], "confidence": evaluation["confidence"],
-        "calibration_ece": evaluation["calibration"]["ece"], "blessing": blessing,
+        "calibration_ece": evaluation["calibration"]["ece"], "temperature": evaluation.get("temperature"),
+        "clusters": evaluation.get("clusters"), "blessing": blessing,
         "stain_normalization": training.get("stain"),
         "data": {"splits": training["splits"], "split_content_sha256": training["split_manifest"],
                  "train_examples": training["train_examples"]},
@@ -153,7 +161,8 @@ def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path) -> d
     model = keras.models.load_model(model_dir / "model.keras", compile=False)
     reference = stain.reference_from_json(training["stain"]) if training.get("stain") else None
     module = serving_module(model, config["modality"], config["image_size"], evaluation["threshold"],
-                            models.BACKBONES[config["backbone"]].last_conv, reference)
+                            models.BACKBONES[config["backbone"]].last_conv, reference,
+                            evaluation.get("temperature", {}).get("value", 1.0))
     card = model_card(training, evaluation, blessing)
     with staged_dir(out) as stage:
         tf.saved_model.save(module, str(stage), signatures={"serving_default": module.serve, "explain": module.explain})

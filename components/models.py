@@ -4,6 +4,16 @@ image (float32 0..255, RGB) -> BackbonePreprocess (the backbone's own scaling, a
 layer so a saved model reloads without custom code) -> backbone -> global average pooling ->
 dropout 0.5 -> dense 256 relu -> dropout 0.25 -> dense 1 sigmoid.
 
+Without pretrained weights (``weights=none``) three things change, because nothing then ties the
+model to ImageNet's conventions and a few hundred images must train it from random:
+- the input is scaled to [-1, 1] ("unit") instead of the ImageNet mean-subtracted 0..255
+  ("caffe"), which starts VGG16 (no BatchNormalization) with activations of sane size;
+- convolution kernels are He-initialized (Keras Applications use Glorot, which with ReLU halves
+  the signal's power at every layer: 13 layers deep, VGG16's head then sees almost nothing);
+- BatchNormalization's moving averages use momentum 0.9 instead of 0.99: a run of a few
+  hundred steps otherwise validates with statistics that still remember the first batches
+  (this is what made ResNet50 from scratch answer one constant).
+
 The backbone's layers are built flat into the model (not nested), so the unfreeze policy and
 Grad-CAM can address them by name.
 """
@@ -24,11 +34,14 @@ class BackboneSpec:
     preprocessing: str          # keras.applications mode: "caffe" (BGR, mean) or "torch"
     unfreeze_from: str          # progressive stage 2 trains every layer from the first named so on
     last_conv: str              # Grad-CAM target
+    # from scratch, the peak learning rate is the configured one times this: VGG16 has no
+    # BatchNormalization and at AdamW 1e-3 its loss sticks at log 2 (measured on BUSI, 64 px)
+    scratch_learning_rate_scale: float = 1.0
 
 
 BACKBONES = {
     "resnet50": BackboneSpec("ResNet50", "caffe", "conv4", "conv5_block3_out"),
-    "vgg16": BackboneSpec("VGG16", "caffe", "block5", "block5_conv3"),
+    "vgg16": BackboneSpec("VGG16", "caffe", "block5", "block5_conv3", scratch_learning_rate_scale=0.1),
     "densenet121": BackboneSpec("DenseNet121", "torch", "conv4", "relu"),
 }
 HEAD_LAYERS = ("head_pool", "head_dropout_1", "head_dense", "head_dropout_2", "probability")
@@ -38,16 +51,19 @@ HEAD_LAYERS = ("head_pool", "head_dropout_1", "head_dense", "head_dropout_2", "p
 class BackbonePreprocess(layers.Layer):
     """keras.applications' ``preprocess_input`` for one backbone, as a serializable layer."""
 
+    MODES = ("caffe", "torch", "unit")
     CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
     TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self, mode: str, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("caffe", "torch"):
+        if mode not in self.MODES:
             raise ValueError(f"unknown preprocessing mode {mode!r}")
         self.mode = mode
 
     def call(self, x):
+        if self.mode == "unit":
+            return x / 127.5 - 1.0
         if self.mode == "caffe":
             return ops.flip(x, axis=-1) - ops.convert_to_tensor(self.CAFFE_MEAN_BGR, dtype=x.dtype)
         mean = ops.convert_to_tensor(self.TORCH_MEAN, dtype=x.dtype)
@@ -69,15 +85,17 @@ def resolve_weights(weights: str | None) -> str | None:
     return weights
 
 
-def build(backbone: str, image_size: int, weights: str | None = None, seed: int = 0) -> keras.Model:
+def build(backbone: str, image_size: int | None, weights: str | None = None, seed: int = 0) -> keras.Model:
+    """The backbone with the report's head. ``image_size`` None builds a model that takes any
+    square size (progressive resizing trains one model at two sizes)."""
     catalog.check_choice("backbone", backbone, catalog.BACKBONES)
     spec = BACKBONES[backbone]
     keras.utils.set_random_seed(seed)
+    pretrained = resolve_weights(weights)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = BackbonePreprocess(spec.preprocessing, name="backbone_preprocess")(inputs)
+    x = BackbonePreprocess(spec.preprocessing if pretrained else "unit", name="backbone_preprocess")(inputs)
     try:
-        base = getattr(keras.applications, spec.builder)(include_top=False, weights=resolve_weights(weights),
-                                                         input_tensor=x)
+        base = getattr(keras.applications, spec.builder)(include_top=False, weights=pretrained, input_tensor=x)
     except Exception as e:
         if weights == "imagenet":
             raise RuntimeError(f"could not get ImageNet weights for {backbone} ({e}); without network access "
@@ -88,7 +106,20 @@ def build(backbone: str, image_size: int, weights: str | None = None, seed: int 
     x = layers.Dense(256, activation="relu", name="head_dense")(x)
     x = layers.Dropout(0.25, name="head_dropout_2")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="probability", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=backbone)
+    model = keras.Model(inputs, outputs, name=backbone)
+    if pretrained is None:
+        _init_for_scratch(model, seed)
+    return model
+
+
+def _init_for_scratch(model: keras.Model, seed: int) -> None:
+    """He-normal convolution kernels and BatchNormalization momentum 0.9 (see the module doc)."""
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, layers.Conv2D):
+            init = keras.initializers.HeNormal(seed=seed * 1000 + i)
+            layer.kernel.assign(init(layer.kernel.shape, dtype=layer.kernel.dtype))
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 0.9
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:

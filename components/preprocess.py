@@ -66,8 +66,10 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
 
 def prepare(image: tf.Tensor, modality: str, size: int) -> tf.Tensor:
     """uint8 HxWxC -> uint8 size x size x C, the modality's preprocessing applied (channels kept)."""
+    from components import catalog
+
     image = resize(image, size)
-    if modality == "ultrasound":
+    if catalog.modality(modality).despeckle:
         image = equalize(median3x3(image))
     return image
 

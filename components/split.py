@@ -176,7 +176,7 @@ def run(examples: str | Path, out: str | Path, seed: int = 0, fractions=(0.7, 0.
                 "content_sha256": content_digest(metas[i].digest for i in members),
                 "files": [f.name for f in files],
             }
-        patients_csv = _patients_table(metas, split_of)
+        patients_csv = _patients_table(metas, split_of, groups)
         write_text(stage / "patients.csv", patients_csv)
         total = len(metas)
         manifest = {
@@ -196,15 +196,17 @@ def run(examples: str | Path, out: str | Path, seed: int = 0, fractions=(0.7, 0.
     return manifest
 
 
-def _patients_table(metas: list[Meta], split_of: list[int]) -> str:
-    rows = collections.defaultdict(lambda: [None, 0, 0])
-    for m, s in zip(metas, split_of):
+def _patients_table(metas: list[Meta], split_of: list[int], groups: list[str]) -> str:
+    """patient_id, the group it was split with (itself, or the near-duplicate group it joined:
+    the unit a cluster bootstrap resamples), its split and label counts."""
+    rows = collections.defaultdict(lambda: [None, None, 0, 0])
+    for m, s, g in zip(metas, split_of, groups):
         row = rows[m.patient_id]
-        row[0] = SPLITS[s]
-        row[1 + m.label] += 1
+        row[0], row[1] = g, SPLITS[s]
+        row[2 + m.label] += 1
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient_id", "split", "negatives", "positives"])
+    w.writerow(["patient_id", "group", "split", "negatives", "positives"])
     for p in sorted(rows):
         w.writerow([p, *rows[p]])
     return buf.getvalue()

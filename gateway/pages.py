@@ -13,8 +13,9 @@ from serving.client import ServingRejected, ServingUnavailable
 
 blueprint = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/static")
-METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Sensitivity (recall)",
-                "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC"}
+METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "precision": "Precision",
+                "recall": "Sensitivity (recall)", "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC",
+                "pr_auc": "PR-AUC (average precision)", "brier": "Brier score (lower is better)"}
 
 
 def _render(template: str, status: int = 200, **context):

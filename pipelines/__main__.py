@@ -3,6 +3,7 @@
     python -m pipelines compile --out DIR
     python -m pipelines run --modality M --data PATH --model-repo DIR --work-dir DIR [--image-size N ...]
     python -m pipelines submit --host URL --modality M --data PATH [--image IMAGE ...]
+    python -m pipelines study --work-dir DIR --model-repo DIR --profile cpu|gpu [--data ROOT --modalities M,M]
     python -m pipelines audit RUN_DIR
     python -m pipelines report --work-dir DIR
 """
@@ -15,41 +16,16 @@ from pathlib import Path
 from components import catalog, cli
 
 
-def _csv_choice(choices):
-    def parse(text: str) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        wrong = [v for v in values if v not in choices]
-        if wrong or not values:
-            raise argparse.ArgumentTypeError(f"{text!r}: choose a comma-separated subset of {', '.join(choices)}")
-        return values
-    return parse
-
-
 def _training_options(ap: argparse.ArgumentParser) -> None:
-    from pipelines.local import RunSettings
+    from pipelines.settings import RunSettings
 
-    d = RunSettings()
-    ap.add_argument("--image-size", type=int, default=d.image_size)
-    ap.add_argument("--epochs", type=int, default=d.epochs, help="unfrozen: all epochs; progressive: after unfreezing")
-    ap.add_argument("--head-epochs", type=int, default=d.head_epochs)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    ap.add_argument("--weights", default=d.weights, help="imagenet, none, or a notop .h5 file")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--min-f1", type=float, default=d.min_f1, help="blessing rule: test F1 at least this")
-    ap.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the 95%% CIs")
-    ap.add_argument("--max-quarantine", type=float, default=d.max_quarantine)
-    ap.add_argument("--keep-versions", type=int, default=d.keep_versions)
-    ap.add_argument("--backbones", type=_csv_choice(catalog.BACKBONES), default=list(catalog.BACKBONES))
-    ap.add_argument("--strategies", type=_csv_choice(catalog.STRATEGIES), default=list(catalog.STRATEGIES))
+    cli.add_options(ap, RunSettings)
 
 
 def settings_from(args):
-    from pipelines.local import RunSettings
+    from pipelines.settings import RunSettings
 
-    return RunSettings(args.image_size, args.epochs, args.head_epochs, args.batch_size, args.learning_rate,
-                       args.weights, args.seed, args.min_f1, args.bootstrap, args.max_quarantine,
-                       args.keep_versions, args.backbones, args.strategies)
+    return cli.options_to(RunSettings, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="verify a run's manifest.json and print a report")
     a.add_argument("run_dir")
 
+    st = sub.add_parser("study", help="the real-data study: every modality's pipeline with one profile, then the report")
+    st.add_argument("--data", default="../shared/datasets",
+                    help="root holding busi/, idc/ and ddsm/ (default ../shared/datasets)")
+    st.add_argument("--work-dir", required=True)
+    st.add_argument("--model-repo", required=True)
+    st.add_argument("--profile", required=True, choices=["cpu", "gpu", "smoke"],
+                    help="cpu: a 2-core machine, under 2 hours; gpu: the report's scale (224 px, 40 epochs); "
+                         "smoke: a few minutes on small data, to check the path")
+    st.add_argument("--modalities", type=cli.csv_choice(tuple(catalog.MODALITIES)), default=list(catalog.MODALITIES))
+    st.add_argument("--seeds", type=int, default=3, help="seeds of each modality's best configuration (default 3)")
+
     p = sub.add_parser("report", help="cross-modality comparison (the report's tables 5.1-5.10) as HTML and Markdown")
     p.add_argument("--work-dir", required=True)
     p.add_argument("--out", help="folder for report.html and report.md (default: the work dir)")
+    p.add_argument("--readme", help="also write the headline table into this README's study block")
     return ap
 
 
@@ -116,10 +104,14 @@ def _run(args, _):
         print(audit.report(manifest, problems))
         if problems:
             raise SystemExit(1)
+    elif args.command == "study":
+        from pipelines import study
+
+        study.run(args.data, args.work_dir, args.model_repo, args.profile, args.modalities, seeds=args.seeds)
     elif args.command == "report":
         from pipelines import report
 
-        for path in report.run(args.work_dir, args.out):
+        for path in report.run(args.work_dir, args.out, args.readme):
             print(path)
 
 

@@ -51,7 +51,7 @@ def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: d
                    started: float) -> dict:
     spec_path = run_dir / "pipeline.yaml"
     names = task_names(spec_path)
-    tasks, metrics, pushed, split_manifest, extract = {}, {}, [], None, {}
+    tasks, metrics, baselines, pushed, split_manifest, extract = {}, {}, {}, [], None, {}
     for task_dir in sorted(p for p in run_dir.glob("*/*") if p.is_dir() and p.parent.name != "cache"):
         meta = _executor_outputs(task_dir)
         outputs = {}
@@ -66,6 +66,9 @@ def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: d
             metrics[result["model_name"]] = {"threshold": result["threshold"], "records": result["records"],
                                              "metrics": result["metrics"], "blessed": blessing["blessed"],
                                              "blessing_rule": blessing["rule"]}
+        for path in sorted((task_dir / "evaluation").glob("*/metrics.json")):      # the baselines
+            result = json.loads(path.read_text())
+            baselines[result["model_name"]] = {"threshold": result["threshold"], "metrics": result["metrics"]}
         if "record" in outputs:
             pushed.append(meta.get("record", {}))
         if "examples" in outputs and component.startswith("extract"):
@@ -86,7 +89,7 @@ def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: d
         "splits": {"manifest_sha256": sha256_file(split_manifest) if split_manifest else None,
                    "counts": {n: {k: s.get(k) for k in ("records", "patients", "positive_ratio", "content_sha256")}
                               for n, s in split_info.get("splits", {}).items()}},
-        "tasks": tasks, "metrics": metrics, "pushed": sorted(pushed, key=lambda p: p.get("model", "")),
+        "tasks": tasks, "metrics": metrics, "baselines": baselines, "pushed": sorted(pushed, key=lambda p: p.get("model", "")),
     }
     write_json(run_dir / MANIFEST, manifest)
     return manifest

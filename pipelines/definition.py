@@ -1,7 +1,8 @@
 """One Kubeflow pipeline per modality:
 
-    extract -> split -> [stain-normalize: histopathology] -> validate
-            -> train x6 -> evaluate x6 -> export x6 -> push x6 (blessed only, one at a time)
+    extract -> split -> [stain-normalize: histopathology] -> validate -> baselines
+                                                               -> train x6 -> evaluate x6 -> export x6
+                                                               -> push x6 (blessed only, one at a time)
 
 Validation runs on the splits rather than before them: its drift and skew checks compare train
 with test, and a split that lost a class is exactly what it must catch before training.
@@ -16,6 +17,7 @@ from kfp import dsl, kubernetes
 
 from components import catalog
 from pipelines import ops
+from pipelines.settings import RunSettings
 
 DEFAULT_IMAGE = "ghcr.io/bcimaging/components:0.1.0"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
@@ -23,6 +25,7 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 DATA_MOUNT, MODELS_MOUNT = "/data", "/models"
 STEP_RESOURCES = {"cpu": "2", "memory": "8G"}
 TRAIN_RESOURCES = {"cpu": "4", "memory": "16G"}
+DEFAULTS = RunSettings()     # the pipeline parameters' defaults: one declaration (components.train)
 
 
 def pipeline_name(modality: str) -> str:
@@ -46,37 +49,38 @@ def build(modality: str, backbones=catalog.BACKBONES, strategies=catalog.STRATEG
                   description=f"{spec.name}: extract, split, validate, train {len(backbones) * len(strategies)} "
                               "models, evaluate, export, push the blessed ones")
     def pipeline(source: str, model_repo: str = MODELS_MOUNT, image: str = DEFAULT_IMAGE,
-                 image_size: int = 224, epochs: int = 40, head_epochs: int = 5, batch_size: int = 32,
-                 learning_rate: float = 1e-4, weights: str = "imagenet", seed: int = 0, min_f1: float = 0.70,
-                 bootstrap: int = 1000, max_quarantine: float = 0.01, keep_versions: int = 3, cache_dir: str = "",
+                 training: dict = DEFAULTS.training(), split_seed: int = DEFAULTS.split_seed,
+                 min_f1: float = DEFAULTS.min_f1, bootstrap: int = DEFAULTS.bootstrap,
+                 max_quarantine: float = DEFAULTS.max_quarantine, keep_versions: int = DEFAULTS.keep_versions,
+                 cache_dir: str = "",
                  accelerator_type: str = "nvidia.com/gpu", accelerator_limit: int = 1,
                  gpu_node_selector: dict = GPU_NODE_SELECTOR, gpu_toleration: dict = GPU_TOLERATION,
                  data_pvc: str = "bcimaging-data", model_repo_pvc: str = "model-repository"):
         extract = _on_image(ops.extract(modality=modality, source=source, max_quarantine=max_quarantine,
                                         cache_dir=cache_dir), image, STEP_RESOURCES)
         kubernetes.mount_pvc(extract, pvc_name=data_pvc, mount_path=DATA_MOUNT)
-        splits = _on_image(ops.split(seed=seed, cache_dir=cache_dir, examples=extract.outputs["examples"]),
+        splits = _on_image(ops.split(seed=split_seed, cache_dir=cache_dir, examples=extract.outputs["examples"]),
                            image, STEP_RESOURCES)
         train_input = splits.outputs["splits"]
-        if modality == "histopathology":
-            stain = _on_image(ops.stain_normalize(seed=seed, cache_dir=cache_dir, splits=train_input),
+        if spec.stain_normalization:
+            stain = _on_image(ops.stain_normalize(seed=split_seed, cache_dir=cache_dir, splits=train_input),
                               image, STEP_RESOURCES)
             train_input = stain.outputs["normalized"]
         validate = _on_image(ops.validate(cache_dir=cache_dir, splits=train_input), image, STEP_RESOURCES)
+        _on_image(ops.baselines(modality=modality, bootstrap=bootstrap, seed=split_seed, cache_dir=cache_dir,
+                                splits=train_input).after(validate), image, STEP_RESOURCES)
 
         previous_push = None
         for backbone in backbones:
             for strategy in strategies:
                 name = catalog.model_name(modality, backbone, strategy)
-                train = ops.train(modality=modality, backbone=backbone, strategy=strategy, image_size=image_size,
-                                  epochs=epochs, head_epochs=head_epochs, batch_size=batch_size,
-                                  learning_rate=learning_rate, weights=weights, seed=seed, cache_dir=cache_dir,
-                                  splits=train_input).after(validate)
+                train = ops.train(modality=modality, backbone=backbone, strategy=strategy, training=training,
+                                  cache_dir=cache_dir, splits=train_input).after(validate)
                 _on_image(train, image, TRAIN_RESOURCES).set_display_name(f"train {name}")
                 train.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_limit)
                 kubernetes.add_node_selector_json(train, gpu_node_selector)
                 kubernetes.add_toleration_json(train, gpu_toleration)
-                evaluate = _on_image(ops.evaluate(min_f1=min_f1, bootstrap=bootstrap, seed=seed, cache_dir=cache_dir,
+                evaluate = _on_image(ops.evaluate(min_f1=min_f1, bootstrap=bootstrap, seed=split_seed, cache_dir=cache_dir,
                                                   model=train.outputs["model"], splits=train_input),
                                      image, STEP_RESOURCES).set_display_name(f"evaluate {name}")
                 export = _on_image(ops.export(cache_dir=cache_dir, model=train.outputs["model"],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -23,12 +22,7 @@ from pathlib import Path
 
 from components import catalog, cli, sample_data
 from serving import repository
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving.server import free_port
 
 
 def run_pipelines(out: Path, count: int, image_size: int, seed: int) -> None:
@@ -59,7 +53,7 @@ def run_pipelines(out: Path, count: int, image_size: int, seed: int) -> None:
 def serve(out: Path, seconds: float) -> None:
     """Start the embedded model server and the gateway, ask one cohort, print the URLs."""
     repo = out / "model-repository"
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     logs = {name: open(out / f"{name}.log", "w") for name in ("model-server", "gateway")}
     server = subprocess.Popen([sys.executable, "-m", "serving", "serve", "--model-repo", str(repo),
                                "--port", str(grpc_port)], stdout=logs["model-server"], stderr=subprocess.STDOUT)

@@ -14,38 +14,14 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from components import catalog, cli
-from components.train import TrainConfig
 from pipelines import audit, definition
+from pipelines.settings import RunSettings
 
 LOG = "run.log"
-
-
-_TRAIN = TrainConfig("", "", "")     # training defaults live in one place: components.train
-
-
-@dataclass
-class RunSettings:
-    image_size: int = _TRAIN.image_size
-    epochs: int = _TRAIN.epochs
-    head_epochs: int = _TRAIN.head_epochs
-    batch_size: int = _TRAIN.batch_size
-    learning_rate: float = _TRAIN.learning_rate
-    weights: str = _TRAIN.weights
-    seed: int = _TRAIN.seed
-    min_f1: float = 0.70
-    bootstrap: int = 1000
-    max_quarantine: float = 0.01
-    keep_versions: int = 3
-    backbones: list[str] = field(default_factory=lambda: list(catalog.BACKBONES))
-    strategies: list[str] = field(default_factory=lambda: list(catalog.STRATEGIES))
-
-    def arguments(self) -> dict:
-        """The pipeline parameters these settings fill (the fan-out is fixed at compile time)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("backbones", "strategies")}
 
 
 def new_run_id(modality: str) -> str:
@@ -77,7 +53,7 @@ def run(modality: str, data: str | Path, model_repo: str | Path, work_dir: str |
     tasks = audit.task_names(spec_path)
     echo(f"run {run_dir.name}: {len(tasks)} tasks; task logs in {run_dir / LOG}")
     try:
-        with _progress(run_dir, tasks, echo), open(run_dir / LOG, "w") as log, \
+        with _progress(run_dir, tasks, echo), open(run_dir / LOG, "w", buffering=1) as log, \
                 contextlib.redirect_stdout(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")     # kfp warns that our image name lacks 'python'
             pipeline(**arguments)
@@ -92,6 +68,22 @@ def run(modality: str, data: str | Path, model_repo: str | Path, work_dir: str |
     return run_dir
 
 
+def _epoch_lines(log: Path, offset: int, show) -> int:
+    """Show the ``[epoch]`` lines (components.train.EpochLine) written to the run log since
+    ``offset``; returns the new offset. A training task is otherwise silent for its whole run."""
+    if not log.exists():
+        return offset
+    with log.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[:chunk.rfind(b"\n") + 1]
+    for line in complete.decode("utf-8", "replace").splitlines():
+        at = line.find("[epoch]")
+        if at >= 0:
+            show(line[at:])
+    return offset + len(complete)
+
+
 @contextlib.contextmanager
 def _progress(run_dir: Path, tasks: dict[str, str], echo):
     """A line (and on a terminal, a bar) per finished task, from the task folders the runner writes:
@@ -101,9 +93,11 @@ def _progress(run_dir: Path, tasks: dict[str, str], echo):
 
     def watch():
         bar = cli.progress(total=len(tasks), desc=run_dir.name, unit="task")
-        done, t0 = set(), time.time()
+        done, t0, log_offset = set(), time.time(), 0
         while True:
             finishing = stop.is_set()
+            log_offset = _epoch_lines(run_dir / LOG, log_offset, lambda line: (bar.write(f"      {line}", file=out),
+                                                                                out.flush()))
             for task_dir in run_dir.glob("*/*/executor_output.json"):
                 name = task_dir.parent.name
                 if name not in done:

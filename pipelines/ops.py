@@ -46,20 +46,26 @@ def validate(cache_dir: str, splits: Input[Dataset], validation: Output[Artifact
 
 
 @component
-def train(modality: str, backbone: str, strategy: str, image_size: int, epochs: int, head_epochs: int,
-          batch_size: int, learning_rate: float, weights: str, seed: int, cache_dir: str,
-          splits: Input[Dataset], model: Output[Model]):
-    """One backbone x strategy, early stopping on validation AUC."""
+def baselines(modality: str, bootstrap: int, seed: int, cache_dir: str, splits: Input[Dataset],
+              evaluation: Output[Artifact], metrics: Output[Metrics]):
+    """The majority class and a histogram logistic regression, evaluated like the CNNs."""
     from pipelines import steps
-    steps.train(modality, backbone, strategy, image_size, epochs, head_epochs, batch_size, learning_rate,
-                weights, seed, cache_dir, splits, model)
+    steps.baselines(modality, bootstrap, seed, cache_dir, splits, evaluation, metrics)
+
+
+@component
+def train(modality: str, backbone: str, strategy: str, training: dict, cache_dir: str,
+          splits: Input[Dataset], model: Output[Model]):
+    """One backbone x strategy with the ``training`` settings (components.train.TrainSettings)."""
+    from pipelines import steps
+    steps.train(modality, backbone, strategy, training, cache_dir, splits, model)
 
 
 @component
 def evaluate(min_f1: float, bootstrap: int, seed: int, cache_dir: str, model: Input[Model], splits: Input[Dataset],
              evaluation: Output[Artifact], metrics: Output[Metrics], classification: Output[ClassificationMetrics],
              report: Output[HTML]):
-    """Test metrics with 95 % bootstrap CIs, threshold from validation, plots, blessing."""
+    """Test metrics with 95 % cluster-bootstrap CIs; temperature and threshold from validation; plots, blessing."""
     from pipelines import steps
     steps.evaluate(min_f1, bootstrap, seed, cache_dir, model, splits, evaluation, metrics, classification, report)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from components.atomic import write_text
@@ -21,7 +22,7 @@ def _describe(artifact, cached_: bool, **metadata) -> None:
     artifact.metadata.update({"sha256": tree_sha256(artifact.path), "cached": cached_, **metadata})
 
 
-def _table(rows: list[list], header: list[str]) -> str:
+def markdown_table(rows: list[list], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
 
@@ -35,7 +36,7 @@ def extract(modality: str, source: str, max_quarantine: float, cache_dir: str, e
                           lambda: step.run(modality, source, examples.path, max_quarantine=max_quarantine))
     _describe(examples, hit, records=summary["records_written"], quarantined=summary["quarantined"],
               source=source, source_sha256=source_sha256)
-    write_text(report.path, f"# Extract: {modality}\n\nSource `{source}`\n\n" + _table(
+    write_text(report.path, f"# Extract: {modality}\n\nSource `{source}`\n\n" + markdown_table(
         [[summary["inputs"], summary["records_written"], summary["quarantined"], summary["patients"]]],
         ["inputs", "records written", "quarantined", "patients"]))
 
@@ -53,7 +54,7 @@ def split(seed: int, cache_dir: str, examples, splits, report) -> None:
 def _split_report(manifest: dict, title: str, path: str) -> None:
     rows = [[name, info["records"], info.get("patients", ""), info.get("positive_ratio", ""), info["content_sha256"][:16]]
             for name, info in manifest["splits"].items()]
-    write_text(path, f"# {title}: {manifest.get('modality', '')}\n\n" + _table(
+    write_text(path, f"# {title}: {manifest.get('modality', '')}\n\n" + markdown_table(
         rows, ["split", "records", "patients", "positive share", "content sha256"]))
 
 
@@ -77,15 +78,29 @@ def validate(cache_dir: str, splits, validation, report) -> None:
     _describe(validation, hit, ok=verdict["ok"], warnings=len(verdict["warnings"]))
 
 
-def train(modality: str, backbone: str, strategy: str, image_size: int, epochs: int, head_epochs: int,
-          batch_size: int, learning_rate: float, weights: str, seed: int, cache_dir: str, splits, model) -> None:
+def baselines(modality: str, bootstrap: int, seed: int, cache_dir: str, splits, evaluation, metrics) -> None:
+    from components import baseline as step
+
+    results, hit = cached(cache_dir, "baselines", {"modality": modality, "bootstrap": bootstrap, "seed": seed},
+                          {"splits": splits.path}, {"evaluation": evaluation.path},
+                          lambda: step.run(splits.path, modality, evaluation.path, bootstrap=bootstrap, seed=seed))
+    _describe(evaluation, hit, baselines=list(results))
+    for name, result in results.items():
+        for metric in ("roc_auc", "balanced_accuracy", "f1"):
+            m = result["metrics"][metric]
+            metrics.log_metric(f"{name}_{metric}", round(m["value"], 4))
+            metrics.log_metric(f"{name}_{metric}_ci95_low", round(m["ci_low"], 4))
+            metrics.log_metric(f"{name}_{metric}_ci95_high", round(m["ci_high"], 4))
+
+
+def train(modality: str, backbone: str, strategy: str, training: dict, cache_dir: str, splits, model) -> None:
     from components import train as step
 
-    config = step.TrainConfig(modality, backbone, strategy, image_size, epochs, head_epochs, batch_size,
-                              learning_rate, weights, seed=seed)
-    params = dict(vars(config))
-    if weights not in ("imagenet", "none"):          # a weights file: its content counts, not its name
-        params["weights"] = tree_sha256(weights)
+    config = step.TrainConfig(**step.TrainSettings.typed(training), modality=modality, backbone=backbone,
+                              strategy=strategy)
+    params = asdict(config)
+    if config.weights not in ("imagenet", "none"):   # a weights file: its content counts, not its name
+        params["weights"] = tree_sha256(config.weights)
     training, hit = cached(cache_dir, "train", params, {"splits": splits.path}, {"model": model.path},
                            lambda: step.run(splits.path, model.path, config))
     _describe(model, hit, model_name=training["model_name"], epochs_run=training["epochs_run"],
@@ -174,5 +189,5 @@ def push(model_repo: str, keep: int, saved_model, evaluation, record) -> None:
                    "reason": f"not blessed: {blessing['reason']} ({blessing['rule']})"}
     outcome.update(model_repo=model_repo, export_sha256=repository.export_digest(Path(saved_model.path)))
     record.metadata.update(outcome)
-    write_text(record.path, f"# Push: {name}\n\n" + _table([[outcome["pushed"], outcome["version"], outcome["reason"]]],
+    write_text(record.path, f"# Push: {name}\n\n" + markdown_table([[outcome["pushed"], outcome["version"], outcome["reason"]]],
                                                           ["pushed", "version", "reason"]))

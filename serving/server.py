@@ -354,3 +354,12 @@ class Server:
 
     def wait(self):
         self.grpc.wait_for_termination()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (for a server started as a process)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

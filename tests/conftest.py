@@ -64,8 +64,9 @@ def pipeline_outputs(sample_splits, tmp_path_factory):
     for (backbone, strategy), modality in COMBOS.items():
         name = catalog.model_name(modality, backbone, strategy)
         splits = sample_splits[modality]
-        config = train.TrainConfig(modality, backbone, strategy, image_size=32, epochs=1, head_epochs=1,
-                                   batch_size=16, weights="none", seed=1)
+        # from scratch, progressive trains two all-layer stages (half size, then full): 2 epochs
+        config = train.TrainConfig(modality=modality, backbone=backbone, strategy=strategy, image_size=32,
+                                   epochs=1 if strategy == "unfrozen" else 2, batch_size=16, weights="none", seed=1)
         train.run(splits, base / name / "model", config)
         evaluate.run(base / name / "model", splits / "test", splits / "validation", base / name / "eval",
                      min_f1=0.0, bootstrap=200)

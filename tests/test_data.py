@@ -18,19 +18,19 @@ def test_evaluation_batches_are_deterministic_and_carry_ids(sample_splits):
 
 def test_augmentation_warps_each_image_but_keeps_shape_and_range():
     rng = np.random.default_rng(0)
-    augment = data.augmenter("histopathology", seed=3)
+    augment = data.augmenter("histology", seed=3)
     for _ in range(4):
         image = rng.integers(0, 256, (40, 40, 3)).astype("uint8")
         out = augment(tf.constant(image)).numpy()
         assert out.shape == (40, 40, 3) and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 255
         assert not np.allclose(out, image)
     # grayscale is augmented on one channel and comes out as RGB with equal channels
-    gray = data.augmenter("mammography", seed=1)(tf.constant(rng.integers(0, 256, (40, 40, 1)).astype("uint8"))).numpy()
+    gray = data.augmenter("report", seed=1)(tf.constant(rng.integers(0, 256, (40, 40, 1)).astype("uint8"))).numpy()
     assert gray.shape == (40, 40, 3) and np.array_equal(gray[..., 0], gray[..., 2])
     # flip/rotation/zoom keep a centred bright disk near the centre
     yy, xx = np.mgrid[0:41, 0:41]
     disk = (((yy - 20) ** 2 + (xx - 20) ** 2 < 36) * 200).astype("uint8")[..., None]
-    warped = data.augmenter("mammography", seed=1)(tf.constant(disk)).numpy()[..., 0]
+    warped = data.augmenter("report", seed=1)(tf.constant(disk)).numpy()[..., 0]
     assert warped[20, 20] > 150 and warped[0, 0] < 60
 
 

@@ -211,5 +211,6 @@ def test_pages_render_from_the_deployed_models(stack, upload):
     assert c.get(f"/models/{NAME}/pictures/roc.png").headers["Content-Type"] == "image/png"
     compare = c.post("/cohorts/ultrasound/unfrozen", **_multipart(upload)).data.decode()
     assert "models agree" in compare and compare.count('class="cell-') == 3
-    assert "ultrasound-vgg16-unfrozen" in c.get("/results").data.decode()
+    results = c.get("/results").data.decode()
+    assert "ultrasound-vgg16-unfrozen" in results and "forest plot of test ROC-AUC" in results and "<circle" in results
     assert c.get("/models/nope").status_code == 404

@@ -69,7 +69,7 @@ def local_run(sample_sources, tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline-run")
     args = ["pipelines", "run", "--modality", "histopathology", "--data", str(sample_sources["histopathology"]),
             "--model-repo", str(base / "repo"), "--work-dir", str(base / "work"), "--image-size", "32",
-            "--epochs", "1", "--head-epochs", "1", "--batch-size", "16", "--min-f1", "0", "--weights", "none",
+            "--epochs", "2", "--head-epochs", "1", "--batch-size", "16", "--min-f1", "0", "--weights", "none",
             "--bootstrap", "100", "--seed", "1"]
     first = run_cli(*args)
     (run_dir,) = [p.parent for p in (base / "work").glob("*/manifest.json")]
@@ -87,17 +87,19 @@ def test_local_run_pushes_six_loadable_savedmodels(local_run):
         assert {"serving_default", "explain"} <= set(loaded.signatures)
     config = repository.read_models_config(repo)
     assert sorted(c.name for c in config.model_config_list.config) == expected
-    assert "[28/28]" in local_run["stdout"]          # progress: one line per finished task
+    assert "[29/29]" in local_run["stdout"]          # progress: one line per finished task
+    assert "[epoch] histopathology-vgg16-progressive 2/2" in local_run["stdout"]   # and per training epoch
 
 
 def test_manifest_records_data_code_splits_metrics_and_pushes(local_run):
     manifest = json.loads((local_run["run_dir"] / "manifest.json").read_text())
     assert manifest["pipeline"]["name"] == "bcimaging-histopathology"
-    assert manifest["parameters"]["image_size"] == 32 and manifest["code"]["sources_sha256"]
+    assert manifest["parameters"]["training"]["image_size"] == 32 and manifest["code"]["sources_sha256"]
     assert manifest["input_data"]["records_written"] == 60 and len(manifest["input_data"]["sha256"]) == 64
     assert sum(s["records"] for s in manifest["splits"]["counts"].values()) == 60
     assert len(manifest["splits"]["manifest_sha256"]) == 64
     assert len(manifest["metrics"]) == 6
+    assert sorted(manifest["baselines"]) == ["histopathology-baseline-histogram", "histopathology-baseline-majority"]
     for m in manifest["metrics"].values():
         auc = m["metrics"]["roc_auc"]
         assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
@@ -124,8 +126,9 @@ def test_audit_passes_then_names_the_one_changed_byte(local_run):
 
 def test_rerun_with_unchanged_inputs_reuses_every_cached_step(local_run):
     again = run_cli(*local_run["args"])
-    lines = [l for l in again.stdout.splitlines() if l.strip().startswith("[")]
-    assert len(lines) == 28
+    lines = [l for l in again.stdout.splitlines() if l.strip().startswith("[") and "[epoch]" not in l]
+    assert len(lines) == 29
+    assert "[epoch]" not in again.stdout           # nothing was trained again
     assert all("(cached)" in l for l in lines if " push " not in l)
     runs = sorted(p.parent for p in (local_run["base"] / "work").glob("*/manifest.json"))
     assert len(runs) == 2
@@ -138,9 +141,12 @@ def test_rerun_with_unchanged_inputs_reuses_every_cached_step(local_run):
 def test_report_compares_backbones_and_strategies(local_run, tmp_path):
     run_cli("pipelines", "report", "--work-dir", str(local_run["base"] / "work"), "--out", str(tmp_path))
     md = (tmp_path / "report.md").read_text()
-    assert "histopathology: unfrozen models" in md and "histopathology: progressive models" in md
-    assert "DeLong p (AUC)" in md and "resnet50 vs vgg16" in md and "Best configuration per modality" in md
+    assert "histopathology: unfrozen models and baselines" in md and "histopathology: progressive models" in md
+    assert "baseline: histogram" in md and "baseline: majority" in md
+    assert "p (Holm)" in md and "resnet50-unfrozen vs vgg16-unfrozen" in md and "Best configuration per modality" in md
+    assert "per-patient results" in md
     assert "<table>" in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "forest_plot.png").stat().st_size > 5000
     empty = run_cli("pipelines", "report", "--work-dir", str(tmp_path / "nothing"), check=False)
     assert empty.returncode == 2 and "no finished run" in empty.stderr
 

@@ -13,7 +13,9 @@ def test_perfect_scores():
     t = stats.choose_threshold(Y, p)
     m = stats.bootstrap(Y, p, t, n=300)
     for name in stats.METRICS:
-        assert m[name]["value"] == m[name]["ci_low"] == m[name]["ci_high"] == 1.0, name
+        perfect = 0.01 if name == "brier" else 1.0       # (1 - 0.9)^2
+        assert m[name]["value"] == pytest.approx(perfect) and m[name]["ci_low"] == pytest.approx(perfect), name
+        assert m[name]["ci_high"] == pytest.approx(perfect), name
     assert stats.calibration(Y, p)["ece"] == pytest.approx(0.1)
 
 
@@ -57,3 +59,53 @@ def test_delong_matches_sklearn_auc_and_detects_a_real_difference():
     assert same["difference"] == 0 and same["p_value"] == 1.0
     slightly = stats.delong(Y, good, np.clip(good + rng.normal(0, 0.01, len(Y)), 0, 1))
     assert slightly["p_value"] > 0.05
+
+
+def test_cluster_bootstrap_resamples_whole_patients():
+    """Copying one patient's records 30 times adds no independent evidence: the cluster
+    interval widens (that patient now weighs more and comes and goes as a block), and is
+    wider than an interval that takes the copies for independent records."""
+    rng = np.random.default_rng(4)
+    patients = np.repeat(np.arange(40), 5)                              # 40 patients x 5 records
+    y = (np.arange(200) % 5 < 2).astype(int)                             # 2 positives per patient
+    p = np.clip(0.35 * y + 0.65 * rng.random(200), 0, 1)
+    copies = np.concatenate([np.arange(200)] + [np.nonzero(patients == 0)[0]] * 30)
+    p_dup = p.copy()
+    p_dup[patients == 0] = np.where(y[patients == 0] == 1, 0.05, 0.95)  # a patient the model gets wrong
+    base_width = _width(stats.bootstrap(y, p_dup, 0.5, patients, n=2000, seed=1))
+    dup_width = _width(stats.bootstrap(y[copies], p_dup[copies], 0.5, patients[copies], n=2000, seed=1))
+    flat_dup = _width(stats.bootstrap(y[copies], p_dup[copies], 0.5, None, n=2000, seed=1))
+    assert dup_width > base_width * 1.3
+    assert flat_dup < dup_width / 1.3
+    # each resample holds whole patients: as many records per drawn patient as it has
+    for idx in stats.cluster_resamples(patients[copies], n=20, seed=0):
+        counts = np.bincount(patients[copies][idx], minlength=40)
+        assert all(c % 5 == 0 for c in counts[1:]) and counts[0] % 155 == 0
+
+
+def _width(metrics):
+    return metrics["roc_auc"]["ci_high"] - metrics["roc_auc"]["ci_low"]
+
+
+def test_temperature_scaling_recovers_an_overconfident_model():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 2, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-logits))).astype(int)     # calibrated at T = 1
+    overconfident = 1 / (1 + np.exp(-3 * logits))                       # a model 3x too sure
+    t = stats.fit_temperature(y, overconfident)
+    assert 2.6 < t < 3.4
+    fixed = stats.apply_temperature(overconfident, t)
+    assert stats.calibration(y, fixed)["ece"] < stats.calibration(y, overconfident)["ece"] / 2
+    assert roc_auc_score(y, fixed) == pytest.approx(roc_auc_score(y, overconfident))   # ranking unchanged
+
+
+def test_paired_cluster_bootstrap_and_holm():
+    rng = np.random.default_rng(6)
+    patients = np.repeat(np.arange(60), 4)
+    y = (np.arange(240) % 4 == 0).astype(int)
+    good = np.clip(0.5 * y + 0.5 * rng.random(240), 0, 1)
+    scores = {"good": good, "noise": rng.random(240), "good_too": np.clip(good + rng.normal(0, 0.01, 240), 0, 1)}
+    rows = {(r["model_1"], r["model_2"]): r for r in stats.paired_auc_bootstrap(y, scores, patients, n=1000)}
+    assert rows[("good", "noise")]["p_value"] < 0.01 and rows[("good", "noise")]["ci_low"] > 0
+    assert rows[("good", "good_too")]["p_value"] > 0.05
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])

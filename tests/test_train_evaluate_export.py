@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import catalog, compare, evaluate, export, preprocess, records, schema, stain, stats
+from components import catalog, compare, evaluate, export, preprocess, records, schema, stain, stats, train
 from tests.conftest import COMBOS
 
 @pytest.mark.parametrize("combo", list(COMBOS))
@@ -19,7 +19,7 @@ def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pi
     training = json.loads((out / "model" / "training.json").read_text())
     assert training["epochs_run"] == (1 if strategy == "unfrozen" else 2)
     assert [s["stage"] for s in training["stages"]] == (
-        ["all layers"] if strategy == "unfrozen" else ["head warm-up", "top blocks unfrozen"])
+        ["all layers"] if strategy == "unfrozen" else ["all layers, half size", "all layers, full size"])
     history = json.loads((out / "model" / "history.json").read_text())
     assert len(history["loss"]) == training["epochs_run"] and "val_auc" in history
     assert any((out / "model" / "tensorboard").rglob("events.out.tfevents.*"))
@@ -44,7 +44,7 @@ def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pi
         return preprocess.model_input(stain.normalize_tf(image, reference) if reference else image, modality, 32)
 
     x = tf.stack([prepared(b) for b in pngs])
-    expected = model(x, training=False).numpy().reshape(-1)
+    expected = stats.apply_temperature(model(x, training=False).numpy().reshape(-1), metrics["temperature"]["value"])
     np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-5)
     threshold = metrics["threshold"]
     assert np.allclose(served["threshold"].numpy(), threshold)
@@ -66,18 +66,43 @@ def test_threshold_on_test_is_the_one_chosen_on_validation(pipeline_outputs, sam
     model = keras.models.load_model(out / "model" / "model.keras", compile=False)
     yv, pv, _, _ = evaluate.score(model, splits / "validation", "ultrasound", 32)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    temperature = metrics["temperature"]["value"]
+    assert temperature == pytest.approx(stats.fit_temperature(yv, pv), rel=1e-6)
+    pv = stats.apply_temperature(pv, temperature)
     assert metrics["threshold"] == pytest.approx(stats.choose_threshold(yv, pv))
     assert metrics["threshold_chosen_on"].endswith("validation")
     yt, pt, _, _ = evaluate.score(model, splits / "test", "ultrasound", 32)
+    pt = stats.apply_temperature(pt, temperature)
     assert metrics["metrics"]["f1"]["value"] == pytest.approx(stats.at_threshold(yt, pt, metrics["threshold"])["f1"])
 
 
 def test_cohort_backbones_are_compared_pairwise_with_delong(pipeline_outputs, tmp_path):
     dirs = [pipeline_outputs[n] / "eval" for n in catalog.cohort_models("ultrasound", "unfrozen")]
     results = compare.run(dirs, tmp_path / "cmp.json")
-    assert len(results) == 3 and all(0 <= r["p_value"] <= 1 for r in results)
-    assert json.loads((tmp_path / "cmp.json").read_text())["test"].startswith("DeLong")
+    assert len(results) == 3 and all(0 <= r["p_value"] <= r["p_holm"] <= 1 for r in results)
+    assert json.loads((tmp_path / "cmp.json").read_text())["test"].startswith("DeLong")   # one image, one patient
     mixed = [pipeline_outputs["ultrasound-resnet50-unfrozen"] / "eval",
              pipeline_outputs["mammography-resnet50-progressive"] / "eval"]
     with pytest.raises(Exception, match="scored on different examples"):
         compare.run(mixed)
+
+
+def test_progressive_from_scratch_never_trains_a_head_on_frozen_random_features(pipeline_outputs):
+    """Without pretrained weights every stage of `progressive` trains every layer (progressive
+    resizing: half size, then full size); with pretrained weights the report's recipe stays."""
+    for name, out in pipeline_outputs.items():
+        if not name.endswith("progressive"):
+            continue
+        training = json.loads((out / "model" / "training.json").read_text())
+        layers = len(keras.models.load_model(out / "model" / "model.keras", compile=False).layers)
+        assert training["stages"] and all(s["trains"] == "all" and s["trainable_layers"] == layers
+                                          for s in training["stages"]), name
+    for size, epochs in ((32, 2), (48, 8), (64, 40), (224, 40)):
+        config = train.TrainConfig(modality="ultrasound", backbone="vgg16", strategy="progressive", image_size=size,
+                                   epochs=epochs, weights="none")
+        stages = config.stages()
+        assert all(s["trains"] == "all" for s in stages)
+        assert [s["image_size"] for s in stages] == sorted(s["image_size"] for s in stages)
+        assert stages[-1]["image_size"] == size and sum(s["epochs"] for s in stages) == epochs
+    pretrained = train.TrainConfig(modality="ultrasound", backbone="vgg16", strategy="progressive", weights="imagenet")
+    assert [s["trains"] for s in pretrained.stages()] == ["head", "top"]

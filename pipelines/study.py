@@ -1,0 +1,120 @@
+"""The real-data study: the three modality pipelines on the real datasets with one profile, the
+best configuration of each modality re-trained with more seeds, and the cross-modality report.
+
+    python -m pipelines study --work-dir W --model-repo R --profile cpu|gpu [--data ROOT --modalities M,M]
+
+A profile names every training parameter per modality in one place (``PROFILES``). ``cpu`` is
+sized for a 2-core machine without a GPU and without ImageNet weights (18 models plus the seed
+replicates in about two hours); ``gpu`` is the report's scale (224 px, 40 epochs; mixed
+precision and XLA switch on by themselves on a GPU). Every model the study pushes carries its
+profile in its model card (``training.profile``).
+
+The best configuration of each modality is chosen by **validation** AUC, never test, and
+re-trained with seeds 1..``seeds``-1 on the same split; those replicates go to
+``W/replicates-repository``, not to the served repository, so a replicate never replaces the
+model a clinician is served. ``W/study.json`` records which runs belong to the study; the report
+reads it. Re-running the same command resumes: every finished step comes from the step cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from components import catalog, cli
+from components.atomic import write_json
+from pipelines import local, report
+from pipelines.settings import RunSettings
+
+STUDY = "study.json"
+REPLICATES = "replicates-repository"
+
+# Every training parameter per modality and profile. The cpu values were chosen on the
+# validation splits (never test) in short runs on this 2-core machine; see the README.
+_SCRATCH = dict(weights="none", learning_rate=1e-3, weight_decay=1e-4)   # VGG16: a tenth (components.models)
+PROFILES: dict[str, dict[str, dict]] = {
+    "cpu": {
+        "ultrasound": dict(_SCRATCH, image_size=64, epochs=30, batch_size=16, warmup_epochs=2, patience=12,
+                           augmentation="ultrasound"),
+        "mammography": dict(_SCRATCH, image_size=64, epochs=30, batch_size=16, warmup_epochs=2, patience=12,
+                            augmentation="dihedral"),
+        "histopathology": dict(_SCRATCH, image_size=48, epochs=6, batch_size=32, warmup_epochs=1, patience=3,
+                               augmentation="histology"),
+    },
+    "gpu": {
+        modality: dict(_SCRATCH, image_size=224, epochs=40, batch_size=32, warmup_epochs=2, patience=12,
+                       augmentation=augmentation)
+        for modality, augmentation in (("ultrasound", "ultrasound"), ("mammography", "dihedral"),
+                                       ("histopathology", "histology"))
+    },
+    # minutes, not hours: the whole study path (pipelines, seed replicates, report) on small data
+    "smoke": {
+        modality: dict(_SCRATCH, image_size=32, epochs=2, batch_size=16, warmup_epochs=0, patience=2,
+                       backbones=["densenet121"], bootstrap=200, min_f1=0.0)
+        for modality in ("ultrasound", "mammography", "histopathology")
+    },
+}
+# Minutes one pipeline run takes with each profile (six models, evaluation and export included),
+# measured on the machine each profile is for; printed up front as the estimate. Kept as data
+# beside this module, so re-measuring does not change the code the step cache keys on.
+TIMINGS = Path(__file__).with_name("study_timings.json")
+
+
+def expected_minutes(profile: str, modalities: list[str], seeds: int) -> float:
+    """The pipelines' measured minutes, plus a sixth of one per seed replicate (one model)."""
+    minutes = json.loads(TIMINGS.read_text())[profile]
+    return sum(minutes[m] * (1 + (seeds - 1) / 6) for m in modalities)
+
+
+def settings(profile: str, modality: str, **overrides) -> RunSettings:
+    if profile not in PROFILES:
+        raise cli.UserError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return RunSettings(**{**PROFILES[profile][modality], "profile": profile, **overrides})
+
+
+def run(data: str | Path, work_dir: str | Path, model_repo: str | Path, profile: str,
+        modalities: list[str] | None = None, seeds: int = 3, echo=print) -> Path:
+    data, work_dir = Path(data), Path(work_dir)
+    modalities = modalities or list(catalog.MODALITIES)
+    sources = {m: data / catalog.modality(m).study_dataset for m in modalities}
+    missing = [str(p) for p in sources.values() if not p.exists()]
+    if missing:
+        raise cli.UserError(f"missing dataset folders {missing}: --data must hold busi/, idc/ and ddsm/ "
+                            "(see ../shared/datasets/README.md)")
+    minutes = expected_minutes(profile, modalities, seeds)
+    echo(f"study, profile {profile}: {', '.join(modalities)}; expected about {minutes:.0f} minutes "
+         f"on the machine the profile is for. Progress follows per task and per epoch.")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    record = {"profile": profile, "data": str(data.resolve()), "seeds": seeds, "modalities": {}}
+    started = time.time()
+    for modality in modalities:
+        main = local.run(modality, sources[modality], model_repo, work_dir, settings(profile, modality), echo=echo)
+        best = report.best_on_validation(main)
+        if best is None:
+            raise cli.UserError(f"{main} holds no trained model")
+        _, backbone, strategy = catalog.parse_model_name(best)
+        val_auc = report.validation_aucs(main)[best]
+        echo(f"{modality}: best on validation {best} (AUC {val_auc:.3f})"
+             + (f"; seeds 1..{seeds - 1} follow" if seeds > 1 else ""))
+        replicates = []
+        for seed in range(1, seeds):
+            replicates.append(local.run(
+                modality, sources[modality], work_dir / REPLICATES, work_dir,
+                settings(profile, modality, seed=seed, backbones=[backbone], strategies=[strategy]), echo=echo).name)
+        record["modalities"][modality] = {"run": main.name, "best": {"backbone": backbone, "strategy": strategy,
+                                                                      "validation_auc": val_auc},
+                                          "replicates": replicates}
+        write_json(work_dir / STUDY, {**record, "minutes": round((time.time() - started) / 60, 1)})
+    for path in report.run(work_dir):
+        echo(path)
+    echo(f"study finished in {(time.time() - started) / 60:.1f} minutes")
+    return work_dir / STUDY
+
+
+def profile_table(profile: str) -> list[list]:
+    """The profile as rows (modality, then every TrainSettings field), for the README."""
+    from components.train import TrainSettings
+
+    names = [f.name for f in dataclasses.fields(TrainSettings) if f.name not in ("profile", "seed")]
+    return [[m, *(getattr(settings(profile, m), n) for n in names)] for m in PROFILES[profile]]
