@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from components import catalog
+from pipelines import study
+from pipelines.settings import RunSettings
 from serving import repository
 from tests.conftest import run_cli
 
@@ -58,6 +60,12 @@ def test_compile_writes_one_pipeline_per_modality_with_six_gpu_training_tasks(co
             assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryRequest"]
         names = [t["taskInfo"]["name"] for t in tasks.values()]
         assert ("stain-normalize" in names) == (modality == "histopathology")
+        # the pipeline's parameter defaults are RunSettings()'s: one declaration
+        defaults = RunSettings()
+        assert inputs["training"]["defaultValue"] == defaults.training()
+        assert inputs["bootstrap"]["defaultValue"] == defaults.bootstrap == 2000
+        assert inputs["split_seed"]["defaultValue"] == defaults.split_seed
+        assert "baselines" in names
         pushes = [t for t in tasks.values() if t["taskInfo"]["name"].startswith("push ")]
         assert len(pushes) == 6 and all(not t["cachingOptions"].get("enableCache", False) for t in pushes)
         cached = [t for t in tasks.values() if not t["taskInfo"]["name"].startswith("push ")]
@@ -176,3 +184,17 @@ def test_failed_step_says_which_and_leaves_no_manifest(tmp_path):
     assert not list((tmp_path / "work").glob("*/manifest.json"))
     assert not (tmp_path / "repo").exists()
     shutil.rmtree(tmp_path / "work")
+
+
+def test_study_profiles_name_every_training_parameter_and_check_the_data_root(tmp_path):
+    for profile in ("cpu", "gpu"):
+        for modality in catalog.MODALITIES:
+            settings = study.settings(profile, modality)
+            assert settings.profile == profile and settings.weights == "none"
+            assert {"image_size", "epochs", "batch_size", "learning_rate", "augmentation"} <= set(
+                study.PROFILES[profile][modality])
+    assert study.settings("gpu", "ultrasound").image_size == 224 and study.settings("gpu", "ultrasound").epochs == 40
+    assert study.expected_minutes("cpu", list(catalog.MODALITIES), 3) <= 120
+    missing = run_cli("pipelines", "study", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+                      "--model-repo", str(tmp_path / "r"), "--profile", "cpu", check=False)
+    assert missing.returncode == 2 and "busi" in missing.stderr and "ddsm" in missing.stderr
