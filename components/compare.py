@@ -14,24 +14,23 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
 
-from components import cli, stats
+from components import artifacts, cli, stats
 from components.atomic import write_json
 
 
 def load_predictions(evaluation_dir: Path) -> tuple[str, dict[str, tuple[int, float]]]:
-    name = json.loads((evaluation_dir / "metrics.json").read_text())["model_name"]
-    with (evaluation_dir / "predictions.csv").open(newline="") as f:
+    name = artifacts.read_json(evaluation_dir, artifacts.METRICS)["model_name"]
+    with (evaluation_dir / artifacts.PREDICTIONS).open(newline="") as f:
         return name, {r["source_id"]: (int(r["label"]), float(r["probability"])) for r in csv.DictReader(f)}
 
 
 def groups_of(evaluation_dir: Path, ids: list[str]) -> list[str]:
     """The cluster (patient or near-duplicate group) of each record, in the order of ``ids``."""
-    with (evaluation_dir / "predictions.csv").open(newline="") as f:
+    with (evaluation_dir / artifacts.PREDICTIONS).open(newline="") as f:
         group = {r["source_id"]: r.get("group") or r["patient_id"] for r in csv.DictReader(f)}
     return [group[i] for i in ids]
 

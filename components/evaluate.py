@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from components import catalog, cli, stats
+from components import artifacts, catalog, cli, stats
 from components.atomic import staged_dir, write_json, write_text
 
 
@@ -53,7 +52,7 @@ def score(model, split_dir: Path, modality: str, image_size: int, batch_size: in
 def clusters_of(split_dir: Path, patients: list[str]) -> list[str]:
     """The bootstrap's unit for each record: the group its patient was split with (from the
     split's ``patients.csv``, beside the split folder), else the patient itself."""
-    table = split_dir.parent / "patients.csv"
+    table = split_dir.parent / artifacts.PATIENTS
     groups = {}
     if table.exists():
         with table.open(newline="") as f:
@@ -118,10 +117,10 @@ def run(model_dir: str | Path, examples: str | Path, threshold_from: str | Path,
     from components import models  # noqa: F401  (registers BackbonePreprocess for loading)
 
     model_dir, examples, threshold_from = Path(model_dir), Path(examples), Path(threshold_from)
-    training = json.loads((model_dir / "training.json").read_text())
+    training = artifacts.read_json(model_dir, artifacts.TRAINING)
     config = training["config"]
     modality, size = config["modality"], config["image_size"]
-    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    model = keras.models.load_model(model_dir / artifacts.MODEL, compile=False)
     yv, pv_raw, _, _ = score(model, threshold_from, modality, size)
     y, p_raw, sources, patients = score(model, examples, modality, size)
     if len(np.unique(y)) < 2:
@@ -132,8 +131,7 @@ def run(model_dir: str | Path, examples: str | Path, threshold_from: str | Path,
 
 
 def _history(model_dir: Path) -> dict | None:
-    path = model_dir / "history.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return artifacts.read_json(model_dir, artifacts.HISTORY, default={}) or None
 
 
 def report(model_name: str, modality: str, yv, pv_raw, y, p_raw, sources, patients, examples: Path,
@@ -166,14 +164,14 @@ def report(model_name: str, modality: str, yv, pv_raw, y, p_raw, sources, patien
     }
     blessed = metrics["f1"]["value"] >= min_f1
     with staged_dir(out) as stage:
-        write_json(stage / "metrics.json", result)
+        write_json(stage / artifacts.METRICS, result)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["source_id", "patient_id", "group", "label", "probability"])
         w.writerows(sorted(zip(sources, patients, clusters, y.tolist(), [f"{v:.6f}" for v in p])))
-        write_text(stage / "predictions.csv", buf.getvalue())
+        write_text(stage / artifacts.PREDICTIONS, buf.getvalue())
         plots(stage, y, p, threshold, label_names, history, model_name)
-        write_json(stage / "blessing.json", {
+        write_json(stage / artifacts.BLESSING, {
             "blessed": bool(blessed), "rule": f"test F1 >= {min_f1}",
             "f1": metrics["f1"]["value"],
             "reason": (f"F1 {metrics['f1']['value']:.3f} {'>=' if blessed else '<'} {min_f1}")})

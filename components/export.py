@@ -17,18 +17,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from components import catalog, cli
+from components import artifacts, catalog, cli
 from components.atomic import staged_dir, write_json
 
 WARMUP_FILE = "tf_serving_warmup_requests"
-PICTURES = ("roc.png", "confusion_matrix.png", "calibration.png", "learning_curves.png")
+PICTURES = artifacts.PICTURES     # (kept importable here for callers of components.export)
 
 
 def serving_module(model, modality: str, image_size: int, threshold: float, last_conv: str,
@@ -152,13 +151,13 @@ def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path) -> d
     from components import models, stain
 
     model_dir, evaluation_dir = Path(model_dir), Path(evaluation_dir)
-    training = json.loads((model_dir / "training.json").read_text())
-    evaluation = json.loads((evaluation_dir / "metrics.json").read_text())
-    blessing = json.loads((evaluation_dir / "blessing.json").read_text())
+    training = artifacts.read_json(model_dir, artifacts.TRAINING)
+    evaluation = artifacts.read_json(evaluation_dir, artifacts.METRICS)
+    blessing = artifacts.read_blessing(evaluation_dir)
     if evaluation["model_name"] != training["model_name"]:
         raise cli.UserError(f"{evaluation_dir} evaluated {evaluation['model_name']}, not {training['model_name']}")
     config = training["config"]
-    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    model = keras.models.load_model(model_dir / artifacts.MODEL, compile=False)
     reference = stain.reference_from_json(training["stain"]) if training.get("stain") else None
     module = serving_module(model, config["modality"], config["image_size"], evaluation["threshold"],
                             models.BACKBONES[config["backbone"]].last_conv, reference,

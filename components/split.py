@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components import catalog, cli, schema
+from components import artifacts, catalog, cli, schema
 from components.atomic import staged_dir, write_json, write_text
 from components.records import content_digest, read_records, sha256_bytes, sha256_file, write_shards
 
@@ -177,7 +177,7 @@ def run(examples: str | Path, out: str | Path, seed: int = 0, fractions=(0.7, 0.
                 "files": [f.name for f in files],
             }
         patients_csv = _patients_table(metas, split_of, groups)
-        write_text(stage / "patients.csv", patients_csv)
+        write_text(stage / artifacts.PATIENTS, patients_csv)
         total = len(metas)
         manifest = {
             "modality": spec.name,
@@ -192,7 +192,7 @@ def run(examples: str | Path, out: str | Path, seed: int = 0, fractions=(0.7, 0.
             "patients_csv_sha256": sha256_bytes(patients_csv.encode()),
             "splits": manifest_splits,
         }
-        write_json(stage / "manifest.json", manifest)
+        write_json(stage / artifacts.MANIFEST, manifest)
     return manifest
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components import cli, schema
+from components import artifacts, cli, schema
 from components.atomic import staged_dir, write_json
 from components.records import content_digest, read_records, sha256_bytes, tfrecord_files, write_shards
 from components.split import SPLITS
@@ -140,7 +140,7 @@ def run(splits: str | Path, out: str | Path, reference_tiles: int = 500, seed: i
     chosen = rng.choice(len(train), size=min(reference_tiles, len(train)), replace=False) if train else []
     reference = fit_reference([_decode(train[i]) for i in sorted(chosen)])
     del train
-    manifest = json.loads((splits / "manifest.json").read_text()) if (splits / "manifest.json").exists() else {}
+    manifest = artifacts.read_json(splits, artifacts.MANIFEST, default={})
     outcome = {"normalized": 0, "reference-stains": 0, "background": 0}
     with staged_dir(out) as stage:
         for split in SPLITS:
@@ -163,12 +163,12 @@ def run(splits: str | Path, out: str | Path, reference_tiles: int = 500, seed: i
                 manifest["splits"][split]["content_sha256"] = content_digest(digests)
                 manifest["splits"][split]["files"] = [f.name for f in files]
         _before_after(splits / "test", reference, stage / "before_after.png")
-        if (splits / "patients.csv").exists():
-            shutil.copy(splits / "patients.csv", stage / "patients.csv")
+        if (splits / artifacts.PATIENTS).exists():
+            shutil.copy(splits / artifacts.PATIENTS, stage / artifacts.PATIENTS)
         stain = {"method": "macenko", "reference_fitted_on": f"{len(chosen)} train tiles (seed {seed})",
                  **reference.to_json(), "tiles": outcome}
         manifest["stain"] = stain
-        write_json(stage / "manifest.json", manifest)
+        write_json(stage / artifacts.MANIFEST, manifest)
         write_json(stage / "stain_reference.json", stain)
     return stain
 

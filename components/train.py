@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from components import catalog, cli
+from components import artifacts, catalog, cli
 from components.atomic import staged_dir, write_json
 
 EAGER_BELOW_STEPS = 20
@@ -228,9 +227,9 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
             _merge(history, fit(config.image_size, config.epochs, len(history.get("loss", []))).history)
             record.append({**stages[1], "from_layer": opened[0], "layers_unfrozen": len(opened)})
 
-        model.save(stage_dir / "model.keras")
-        write_json(stage_dir / "history.json", history)
-        write_json(stage_dir / "training.json", {
+        model.save(stage_dir / artifacts.MODEL)
+        write_json(stage_dir / artifacts.HISTORY, history)
+        write_json(stage_dir / artifacts.TRAINING, {
             "model_name": name,
             "config": asdict(config), "class_weights": weights,
             "train_examples": {"negatives": negatives, "positives": positives},
@@ -244,7 +243,7 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
             "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
             "tensorflow": tf.__version__, "keras": keras.__version__,
         })
-    return json.loads((Path(out) / "training.json").read_text())
+    return artifacts.read_json(out, artifacts.TRAINING)
 
 
 def _merge(history: dict, new: dict) -> None:
@@ -253,8 +252,7 @@ def _merge(history: dict, new: dict) -> None:
 
 
 def _manifest(splits: Path) -> dict:
-    path = splits / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return artifacts.read_json(splits, artifacts.MANIFEST, default={})
 
 
 def _manifest_hashes(splits: Path) -> dict:

@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from components import cli, schema as example_schema
+from components import artifacts, cli, schema as example_schema
 from components.atomic import staged_dir, write_json, write_text
 from components.split import SPLITS
 
@@ -127,7 +127,7 @@ def run(splits: str | Path, out: str | Path, schema_path: str | Path | None = No
     from tensorflow_data_validation.utils.display_util import get_statistics_html
 
     splits = Path(splits)
-    manifest_path = splits / "manifest.json"
+    manifest_path = splits / artifacts.MANIFEST
     modality = json.loads(manifest_path.read_text())["modality"] if manifest_path.exists() else "unknown"
     for split in SPLITS:
         if not (splits / split).is_dir():

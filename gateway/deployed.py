@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from components import catalog
-from components.export import PICTURES
+from components.artifacts import PICTURES
 from serving import repository
 
 

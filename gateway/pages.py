@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, render_template, request, send_file
 
 from components import stats
-from components.export import PICTURES
+from components.artifacts import PICTURES
 from gateway import service
 from gateway.app import parts
 from gateway.uploads import UploadError, read_image

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import yaml
 
-from components import cli
+from components import artifacts, cli
 from components.split import SPLITS
 from components.atomic import write_json
 from components.export import code_version
 from components.records import file_digests, sha256_file, tree_sha256
 from pipelines.cache import code_sha256
 
-MANIFEST = "manifest.json"
+MANIFEST = artifacts.MANIFEST
 NOT_ARTIFACTS = {MANIFEST, "pipeline.yaml", "run.log"}
 
 
@@ -60,21 +60,21 @@ def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: d
                                  "files": file_digests(out)}
         component = task_dir.name
         tasks[component] = {"task": names.get(component, component), "outputs": outputs}
-        if (task_dir / "evaluation" / "metrics.json").exists():
-            result = json.loads((task_dir / "evaluation" / "metrics.json").read_text())
-            blessing = json.loads((task_dir / "evaluation" / "blessing.json").read_text())
+        if (task_dir / "evaluation" / artifacts.METRICS).exists():
+            result = artifacts.read_json(task_dir / "evaluation", artifacts.METRICS)
+            blessing = artifacts.read_blessing(task_dir / "evaluation")
             metrics[result["model_name"]] = {"threshold": result["threshold"], "records": result["records"],
                                              "metrics": result["metrics"], "blessed": blessing["blessed"],
                                              "blessing_rule": blessing["rule"]}
-        for path in sorted((task_dir / "evaluation").glob("*/metrics.json")):      # the baselines
+        for path in sorted((task_dir / "evaluation").glob(f"*/{artifacts.METRICS}")):      # the baselines
             result = json.loads(path.read_text())
             baselines[result["model_name"]] = {"threshold": result["threshold"], "metrics": result["metrics"]}
         if "record" in outputs:
             pushed.append(meta.get("record", {}))
         if "examples" in outputs and component.startswith("extract"):
             extract = json.loads((task_dir / "examples" / "summary.json").read_text())
-        if "splits" in outputs and (task_dir / "splits" / "manifest.json").exists():
-            split_manifest = task_dir / "splits" / "manifest.json"
+        if "splits" in outputs and (task_dir / "splits" / artifacts.MANIFEST).exists():
+            split_manifest = task_dir / "splits" / artifacts.MANIFEST
     split_info = json.loads(split_manifest.read_text()) if split_manifest else {}
     manifest = {
         "run_id": run_dir.name, "status": "succeeded",

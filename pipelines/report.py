@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from components import catalog, compare, stats
+from components.artifacts import MANIFEST, METRICS, TRAINING, read_json
 from components.atomic import write_text
-from pipelines.audit import MANIFEST
 from pipelines.steps import markdown_table
 
 COLUMNS = ("roc_auc", "pr_auc", "balanced_accuracy", "recall", "specificity", "f1", "brier")
@@ -62,7 +62,7 @@ def evaluations(run_dir: Path) -> dict[str, Path]:
         if not output:
             continue
         folder = run_dir / output["path"]
-        for metrics in [folder / "metrics.json", *sorted(folder.glob("*/metrics.json"))]:
+        for metrics in [folder / METRICS, *sorted(folder.glob(f"*/{METRICS}"))]:
             if metrics.exists():
                 found[json.loads(metrics.read_text())["model_name"]] = metrics.parent
     return found
@@ -73,7 +73,7 @@ def _ci(m: dict, digits: int = 3) -> str:
 
 
 def _load(evals: dict[str, Path]) -> dict[str, dict]:
-    return {name: json.loads((path / "metrics.json").read_text()) for name, path in evals.items()}
+    return {name: read_json(path, METRICS) for name, path in evals.items()}
 
 
 def _row(label: str, m: dict) -> list[str]:
@@ -116,7 +116,7 @@ def _swap(r: dict) -> dict:
 def validation_aucs(run_dir: Path) -> dict[str, float]:
     """model name -> best validation AUC, from the training records of the run's train tasks."""
     return {t["model_name"]: t["best_val_auc"]
-            for t in (json.loads(p.read_text()) for p in sorted(run_dir.rglob("model/training.json")))}
+            for t in (json.loads(p.read_text()) for p in sorted(run_dir.rglob(f"model/{TRAINING}")))}
 
 
 def best_on_validation(run_dir: Path) -> str | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import csv
-import json
 from dataclasses import asdict
 from pathlib import Path
 
+from components import artifacts
 from components.atomic import write_text
 from components.records import tree_sha256
 from pipelines.cache import cached
@@ -47,7 +47,7 @@ def split(seed: int, cache_dir: str, examples, splits, report) -> None:
     manifest, hit = cached(cache_dir, "split", {"seed": seed}, {"examples": examples.path}, {"splits": splits.path},
                            lambda: step.run(examples.path, splits.path, seed=seed))
     _split_report(manifest, "Split (patient-grouped, stratified)", report.path)
-    _describe(splits, hit, manifest_sha256=tree_sha256(Path(splits.path) / "manifest.json"),
+    _describe(splits, hit, manifest_sha256=tree_sha256(Path(splits.path) / artifacts.MANIFEST),
               **{f"{name}_records": info["records"] for name, info in manifest["splits"].items()})
 
 
@@ -63,9 +63,9 @@ def stain(seed: int, cache_dir: str, splits, normalized, report) -> None:
 
     reference, hit = cached(cache_dir, "stain", {"seed": seed}, {"splits": splits.path},
                             {"normalized": normalized.path}, lambda: step.run(splits.path, normalized.path, seed=seed))
-    manifest = json.loads((Path(normalized.path) / "manifest.json").read_text())
+    manifest = artifacts.read_json(normalized.path, artifacts.MANIFEST)
     _split_report(manifest, "Stain-normalized splits (Macenko, reference fitted on train)", report.path)
-    _describe(normalized, hit, manifest_sha256=tree_sha256(Path(normalized.path) / "manifest.json"),
+    _describe(normalized, hit, manifest_sha256=tree_sha256(Path(normalized.path) / artifacts.MANIFEST),
               **{f"tiles_{how}": n for how, n in reference["tiles"].items()})
 
 
@@ -116,7 +116,7 @@ def evaluate(min_f1: float, bootstrap: int, seed: int, cache_dir: str, model, sp
                          {"model": model.path, "splits": splits.path}, {"evaluation": evaluation.path},
                          lambda: step.run(model.path, test, validation, evaluation.path, min_f1=min_f1,
                                           bootstrap=bootstrap, seed=seed))
-    blessing = json.loads((Path(evaluation.path) / "blessing.json").read_text())
+    blessing = artifacts.read_blessing(evaluation.path)
     _describe(evaluation, hit, model_name=result["model_name"], blessed=blessing["blessed"])
     for name, m in result["metrics"].items():
         metrics.log_metric(name, round(m["value"], 4))
@@ -135,7 +135,7 @@ def _log_classification(evaluation_dir: Path, result: dict, classification) -> N
 
     from components import catalog
 
-    with (evaluation_dir / "predictions.csv").open(newline="") as f:
+    with (evaluation_dir / artifacts.PREDICTIONS).open(newline="") as f:
         rows = list(csv.DictReader(f))
     y = np.array([int(r["label"]) for r in rows])
     p = np.array([float(r["probability"]) for r in rows])
@@ -149,13 +149,12 @@ def _log_classification(evaluation_dir: Path, result: dict, classification) -> N
 
 def evaluation_html(evaluation_dir: Path, result: dict, blessing: dict) -> str:
     """One page for the KFP UI: metrics with 95 % intervals, the blessing, the pictures inline."""
-    from components.export import PICTURES
 
     rows = "".join(f"<tr><td>{name}</td><td>{m['value']:.3f}</td><td>[{m['ci_low']:.3f}, {m['ci_high']:.3f}]</td></tr>"
                    for name, m in result["metrics"].items())
     pictures = "".join(
         f'<figure><img alt="{p}" src="data:image/png;base64,{base64.b64encode((evaluation_dir / p).read_bytes()).decode()}">'
-        f"<figcaption>{p}</figcaption></figure>" for p in PICTURES if (evaluation_dir / p).exists())
+        f"<figcaption>{p}</figcaption></figure>" for p in artifacts.PICTURES if (evaluation_dir / p).exists())
     verdict = "blessed" if blessing["blessed"] else "not blessed"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{result['model_name']}</title>"
             "<style>body{font-family:sans-serif}td,th{padding:2px 10px}img{max-width:420px}"
@@ -179,8 +178,8 @@ def push(model_repo: str, keep: int, saved_model, evaluation, record) -> None:
     """Push a blessed export into the repository; an unblessed one is skipped, and the record says why."""
     from serving import repository
 
-    blessing = json.loads((Path(evaluation.path) / "blessing.json").read_text())
-    name = json.loads((Path(evaluation.path) / "metrics.json").read_text())["model_name"]
+    blessing = artifacts.read_blessing(evaluation.path)
+    name = artifacts.read_json(evaluation.path, artifacts.METRICS)["model_name"]
     if blessing["blessed"]:
         result = repository.push(saved_model.path, model_repo, keep=keep)
         outcome = {"model": name, "pushed": result.pushed, "version": result.version, "reason": result.reason}
