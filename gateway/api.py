@@ -54,7 +54,9 @@ def list_models():
                                 "label_names": card["label_names"], "threshold": card["threshold"],
                                 "test_metrics": card["test_metrics"]}
                                for name, card in sorted(deployed.cards().items())],
-                    "cohorts": deployed.modalities()})
+                    "cohorts": deployed.modalities(),
+                    # models in the repository whose card is malformed: named, not offered
+                    "skipped": [{"name": n, "reason": r} for n, r in sorted(deployed.skipped.items())]})
 
 
 @blueprint.post("/api/v1/models/<name>:predict")

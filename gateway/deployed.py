@@ -3,6 +3,7 @@ version. Routes and pages come from here, not from code, so adding a model or a 
 the repository needs no gateway change."""
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -11,12 +12,16 @@ from components.artifacts import PICTURES
 from serving import repository
 
 
+log = logging.getLogger(__name__)
+
+
 class Deployed:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._lock = threading.Lock()
         self._key = None
         self._cards: dict[str, dict] = {}
+        self.skipped: dict[str, str] = {}    # model -> why its card is not offered
 
     def _state_key(self):
         """Changes when a model or version appears or goes (cheap: directory listings)."""
@@ -26,14 +31,21 @@ class Deployed:
         key = self._state_key()
         with self._lock:
             if key != self._key:
-                cards = {}
+                cards, skipped = {}, {}
                 for name, versions in key:
                     try:
                         card = repository.card(self.root, name, versions[-1])
-                    except (OSError, ValueError):
-                        continue             # a version without a card is not offered
+                        problems = repository.check_card(card)
+                        if not problems and card["model_name"] != name:
+                            problems = [f"its card names {card['model_name']!r}"]
+                    except (OSError, ValueError) as e:
+                        problems = [f"no readable card ({type(e).__name__})"]
+                    if problems:             # one bad card must not take every page down
+                        skipped[name] = f"version {versions[-1]}: {'; '.join(problems)}"
+                        log.warning("not offering %s: %s", name, skipped[name])
+                        continue
                     cards[name] = {**card, "version": versions[-1]}
-                self._cards, self._key = cards, key
+                self._cards, self.skipped, self._key = cards, skipped, key
             return self._cards
 
     def card(self, name: str) -> dict | None:

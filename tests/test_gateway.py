@@ -2,6 +2,8 @@
 made by components.export: API, pages, malformed uploads, model server outage and recovery."""
 import base64
 import io
+import json
+import shutil
 import struct
 import tempfile
 import time
@@ -214,3 +216,28 @@ def test_pages_render_from_the_deployed_models(stack, upload):
     results = c.get("/results").data.decode()
     assert "ultrasound-vgg16-unfrozen" in results and "forest plot of test ROC-AUC" in results and "<circle" in results
     assert c.get("/models/nope").status_code == 404
+
+
+def test_a_malformed_card_is_skipped_and_named_not_a_500_everywhere(stack, pipeline_outputs, tmp_path):
+    """Found in review: one card without `strategy` in the repository (written there by hand,
+    past the push's checks) made /, /api/v1/models, /results and every modality page answer 500."""
+    bad_name = "mammography-vgg16-unfrozen"
+    assert bad_name not in [m["name"] for m in stack["client"].get("/api/v1/models").json["models"]]
+    folder = stack["root"] / bad_name / "1"
+    shutil.copytree(pipeline_outputs["histopathology-vgg16-progressive"] / "saved_model", folder)
+    card_path = folder / repository.CARD
+    card = json.loads(card_path.read_text())
+    card.update(model_name=bad_name, modality="mammography", backbone="vgg16")
+    card.pop("strategy")
+    card_path.write_text(json.dumps(card))
+    try:
+        c = stack["client"]
+        for path in ("/", "/api/v1/models", "/results", "/modalities/ultrasound", "/modalities/histopathology"):
+            assert c.get(path).status_code == 200, path
+        body = c.get("/api/v1/models").json
+        assert bad_name not in [m["name"] for m in body["models"]] and len(body["models"]) == 6
+        (skipped,) = body["skipped"]
+        assert skipped["name"] == bad_name and "'strategy' is missing" in skipped["reason"]
+    finally:
+        shutil.rmtree(stack["root"] / bad_name)
+    assert stack["client"].get("/api/v1/models").json["skipped"] == []

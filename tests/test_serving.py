@@ -104,3 +104,48 @@ def test_server_answers_like_tf_serving(repo, pipeline_outputs, sample_splits):
     finally:
         client.close()
         server.stop()
+
+
+def _export_with_card(pipeline_outputs, tmp_path, **changes):
+    export_dir = tmp_path / "export"
+    shutil.copytree(pipeline_outputs[NAME] / "saved_model", export_dir)
+    card = json.loads((export_dir / repository.CARD).read_text())
+    for key, value in changes.items():
+        if value is None:
+            card.pop(key)
+        else:
+            card[key] = value
+    (export_dir / repository.CARD).write_text(json.dumps(card))
+    return export_dir
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model_name": "../../pwned"}, "not <modality>-<backbone>-<strategy>"),
+    ({"model_name": "/tmp/ultrasound-resnet50-unfrozen"}, "unknown modality"),
+    ({"model_name": "ultrasound-resnet50-progressive"}, "disagrees"),
+    ({"strategy": None}, "'strategy' is missing"),
+    ({"threshold": "high"}, "'threshold' is not int or float"),
+    ({"label_names": ["only one"]}, "two strings"),
+])
+def test_push_checks_the_card_before_writing_anything(pipeline_outputs, tmp_path, changes, message):
+    """Found in review: a card named ../../pwned wrote outside the repository, and a card
+    without strategy took every gateway page down. Now the push refuses both, writing nothing."""
+    export_dir = _export_with_card(pipeline_outputs, tmp_path, **changes)
+    root = tmp_path / "area" / "repo"
+    with pytest.raises(ValueError, match=message):
+        repository.push(export_dir, root)
+    assert not root.exists() and sorted(p.name for p in (tmp_path).iterdir()) == ["export"]
+
+
+def test_published_versions_are_world_readable_and_stale_staging_is_cleaned(pipeline_outputs, tmp_path):
+    """Found in review: published folders were 0700 and files 0600 (a server under another uid
+    could not read them), and a push killed mid-copy left its staging folder for good."""
+    root = tmp_path / "repo"
+    stale = root / NAME / ".push-1-killed"
+    stale.mkdir(parents=True)
+    (stale / "saved_model.pb").write_bytes(b"half")
+    result = repository.push(pipeline_outputs[NAME] / "saved_model", root)
+    version = root / NAME / str(result.version)
+    modes = {p.relative_to(version).as_posix(): p.stat().st_mode & 0o777 for p in [version, *version.rglob("*")]}
+    assert all(m == (0o755 if (version / p).is_dir() else 0o644) for p, m in modes.items()), modes
+    assert not stale.exists() and not list((root / NAME).glob(".push-*"))
