@@ -55,8 +55,8 @@ class ConvertItem:
                         raise images.ImageRejected(item.problem)
                     decoded = (images.from_raw_gray(item.data, *item.raw_shape) if item.raw_shape
                                else images.decode(item.data, outer.max_pixels))
-                except images.ImageRejected as e:
-                    reason = str(e)
+                except Exception as e:      # any error reading one item quarantines that item only
+                    reason = str(e) if isinstance(e, images.ImageRejected) else f"unreadable ({type(e).__name__}: {e})"
                     yield beam.pvalue.TaggedOutput("quarantine", _csv_line([item.source_id, reason]))
                     yield beam.pvalue.TaggedOutput("inputs", _csv_line(
                         [item.source_id, source_sha, item.patient_id, "" if item.label is None else item.label,

@@ -68,7 +68,12 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     except (OSError, SyntaxError, ValueError) as e:
         # Pillow reports truncation and corrupt streams as OSError/SyntaxError.
         raise ImageRejected(f"corrupt or truncated {image_format}: {e}") from None
-    return DecodedImage(_to_uint8(image))
+    except Exception as e:    # fuzzed headers reach Pillow code paths that raise anything (TypeError, ...)
+        raise ImageRejected(f"unreadable {image_format} ({type(e).__name__}: {e})") from None
+    try:
+        return DecodedImage(_to_uint8(image))
+    except Exception as e:
+        raise ImageRejected(f"unreadable {image_format} pixels ({type(e).__name__}: {e})") from None
 
 
 def _to_uint8(image: Image.Image) -> np.ndarray:

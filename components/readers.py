@@ -164,24 +164,40 @@ class DdsmReader:
         path = Path(unit)
         patients, _ = self.patient_index(path)
         compression = "GZIP" if path.name.endswith(".gz") else ""
-        for i, raw in enumerate(tf.data.TFRecordDataset(str(path), compression_type=compression)):
+        records = iter(tf.data.TFRecordDataset(str(path), compression_type=compression))
+        i = 0
+        while True:
             source_id = f"{path.name}#{i}"
             patient = patients[i] if patients and i < len(patients) else source_id
+            try:
+                raw = next(records)
+            except StopIteration:
+                return
+            except tf.errors.OpError as e:  # truncated or corrupt file: keep what came before, quarantine the rest
+                yield RawItem(source_id, patient, None, b"",
+                              problem=f"{path.name} is corrupt from record {i} on ({type(e).__name__}); "
+                                      "the records before it were read")
+                return
+            i += 1
             try:
                 feature = example_pb2.Example.FromString(raw.numpy()).features.feature
             except Exception as e:  # a record that is no tf.Example at all
                 yield RawItem(source_id, patient, None, b"", problem=f"not a tf.Example: {e}")
                 continue
             missing = [k for k in ("label_normal", "image") if k not in feature]
-            if missing:
-                yield RawItem(source_id, patient, None, b"", problem=f"record lacks feature(s) {', '.join(missing)}")
+            empty = [k for k, kind in (("label_normal", "int64_list"), ("image", "bytes_list"))
+                     if k in feature and not getattr(feature[k], kind).value]
+            if missing or empty:
+                yield RawItem(source_id, patient, None, b"", problem="record lacks feature(s) "
+                              + ", ".join(missing + [f"{k} (empty)" for k in empty]))
                 continue
             label = int(feature["label_normal"].int64_list.value[0])
             data = feature["image"].bytes_list.value[0]
             problem = None
             if label not in (0, 1):
                 problem = f"label_normal is {label}, expected 0 or 1"
-            elif "label" in feature and int(feature["label"].int64_list.value[0] > 0) != label:
+            elif "label" in feature and feature["label"].int64_list.value and \
+                    int(feature["label"].int64_list.value[0] > 0) != label:
                 problem = f"label {feature['label'].int64_list.value[0]} contradicts label_normal {label}"
             yield RawItem(source_id, patient, label, data, raw_shape=(DDSM_SIDE, DDSM_SIDE), problem=problem)
 

@@ -125,13 +125,26 @@ def verify(run_dir: str | Path) -> tuple[dict, list[str]]:
                 elif now[rel] != digest:
                     problems.append(f"{shown}: sha256 differs from the manifest (modified)")
             problems += [f"{output['path']}/{rel}: not in the manifest (added)" for rel in now if rel not in output["files"]]
-    for push in manifest["pushed"]:
-        if push.get("version"):
-            version_dir = Path(push["model_repo"]) / push["model"] / str(push["version"])
-            digest_file = version_dir / "assets.extra" / "export_sha256.txt"
-            if digest_file.exists() and digest_file.read_text().strip() != push["export_sha256"]:
-                problems.append(f"{version_dir}: holds a different export than this run pushed")
+    problems += pushed_version_problems(manifest["pushed"])
     return manifest, problems
+
+
+def pushed_version_problems(pushed: list[dict]) -> list[str]:
+    """Re-hash every model version this run pushed (or found identical) in the repository: a
+    changed byte, a replaced file or a deleted folder there is named, not trusted to the digest
+    file the push wrote beside it."""
+    from serving import repository
+
+    problems = []
+    for push in pushed:
+        if not push.get("version"):
+            continue
+        version_dir = Path(push["model_repo"]) / push["model"] / str(push["version"])
+        if not (version_dir / "saved_model.pb").exists():
+            problems.append(f"{version_dir}: missing from the model repository (this run pushed it)")
+        elif repository.export_digest(version_dir) != push["export_sha256"]:
+            problems.append(f"{version_dir}: its files differ from the export this run pushed (modified)")
+    return problems
 
 
 def report(manifest: dict, problems: list[str]) -> str:

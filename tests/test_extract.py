@@ -103,3 +103,39 @@ def test_sample_data_is_deterministic(tmp_path):
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
     assert {p.suffix for p in a.rglob("*.*")} >= {".png", ".jpg", ".bmp"}
+
+
+def _ddsm_record(label_normal, pixels=None) -> bytes:
+    import tensorflow as tf
+
+    image = (pixels if pixels is not None else np.full((299, 299), 90, np.uint8)).tobytes()
+    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+               "label_normal": tf.train.Feature(int64_list=tf.train.Int64List(value=label_normal)),
+               "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[2 * label_normal[0]] if label_normal else []))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_ddsm_empty_label_and_truncated_file_are_quarantined_not_a_crash(tmp_path):
+    """Found in review: a record with an empty label_normal raised IndexError and a truncated
+    TFRecord file DataLossError, each crashing the whole extract. Now the record, or the
+    corrupt tail of the file, is quarantined; the other files and the records before the
+    corruption are kept."""
+    import tensorflow as tf
+
+    root = tmp_path / "ddsm"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    good = [_ddsm_record([i % 2], rng.integers(0, 256, (299, 299)).astype(np.uint8)) for i in range(6)]
+    with tf.io.TFRecordWriter(str(root / "a.tfrecords")) as w:
+        for r in good[:3] + [_ddsm_record([])]:
+            w.write(r)
+    with tf.io.TFRecordWriter(str(root / "b.tfrecords")) as w:
+        for r in good[3:]:
+            w.write(r)
+    whole = (root / "b.tfrecords").read_bytes()
+    (root / "b.tfrecords").write_bytes(whole[: len(whole) - 5000])      # cut inside the last record
+    summary = extract.run("mammography", root, tmp_path / "out", max_quarantine=0.5)
+    quarantine = {r["source_id"]: r["reason"] for r in csv.DictReader((tmp_path / "out" / "quarantine.csv").open())}
+    assert quarantine["a.tfrecords#3"] == "record lacks feature(s) label_normal (empty)"
+    assert "b.tfrecords is corrupt from record 2 on" in quarantine["b.tfrecords#2"]
+    assert summary["records_written"] == 5 and summary["quarantined"] == 2

@@ -132,6 +132,31 @@ def test_audit_passes_then_names_the_one_changed_byte(local_run):
     assert missing.returncode == 2 and "manifest.json not found" in missing.stderr
 
 
+def test_audit_rehashes_the_pushed_versions_in_the_repository(local_run):
+    """Found in review: overwriting bytes in a pushed variables file, replacing saved_model.pb
+    or deleting the version folder all passed the audit (it trusted the digest file)."""
+    run_dir, repo = local_run["run_dir"], local_run["base"] / "repo"
+    version = repo / "histopathology-resnet50-unfrozen" / "1"
+    variables = next(version.glob("variables/variables.data-*"))
+    graph = version / "saved_model.pb"
+    for victim, damage in ((variables, lambda b: bytes([b[0] ^ 1]) + b[1:]), (graph, lambda b: b[:-10])):
+        original = victim.read_bytes()
+        victim.write_bytes(damage(original))
+        try:
+            bad = run_cli("pipelines", "audit", str(run_dir), check=False)
+            assert bad.returncode == 1 and f"{version}: its files differ" in bad.stdout
+        finally:
+            victim.write_bytes(original)
+    moved = version.with_name("moved-away")
+    version.rename(moved)
+    try:
+        gone = run_cli("pipelines", "audit", str(run_dir), check=False)
+        assert gone.returncode == 1 and f"{version}: missing from the model repository" in gone.stdout
+    finally:
+        moved.rename(version)
+    assert run_cli("pipelines", "audit", str(run_dir)).returncode == 0
+
+
 def test_rerun_with_unchanged_inputs_reuses_every_cached_step(local_run):
     again = run_cli(*local_run["args"])
     lines = [l for l in again.stdout.splitlines() if l.strip().startswith("[") and "[epoch]" not in l]
