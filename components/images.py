@@ -16,6 +16,10 @@ from PIL import Image, UnidentifiedImageError
 ACCEPTED_FORMATS = {"PNG", "JPEG", "BMP", "PPM", "TIFF"}  # PPM covers PGM/PBM
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 8
+# Bytes one pixel takes once Pillow has decoded it: the memory a decode costs is pixels x this,
+# so a tiny 16-bit or float file that decodes huge is refused before it is decoded.
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2,
+                   "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4}
 
 
 class ImageRejected(ValueError):
@@ -56,6 +60,10 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejected(f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels:,}")
+            needed = width * height * BYTES_PER_PIXEL.get(image.mode, 4)
+            if needed > 3 * max_pixels:      # the budget of max_pixels RGB pixels
+                raise ImageRejected(f"image too large: decoding {width}x{height} {image.mode} takes {needed:,} bytes, "
+                                    f"over the budget of {3 * max_pixels:,}")
             if min(width, height) < MIN_SIDE:
                 raise ImageRejected(f"image too small: {width}x{height} (at least {MIN_SIDE} px a side)")
             image.load()
@@ -78,12 +86,21 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
 
 def _to_uint8(image: Image.Image) -> np.ndarray:
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16-bit or float grayscale: stretch the stored range to 0..255 (window = full range).
-        arr = np.asarray(image, dtype=np.float64)
+    if mode.startswith("I;16"):
+        # 16-bit grayscale: stretch the stored range to 0..255 (window = full range) through a
+        # 65,536-entry lookup table, so the only full-size arrays are the uint16 pixels and the
+        # uint8 result (float64 copies cost 8 bytes a pixel: a 78 KB file once took 1.3 GB)
+        arr = np.asarray(image).astype(np.uint16, copy=False)
+        lo, hi = int(arr.min()), int(arr.max())
+        return _stretch_table(lo, hi, 65536)[arr]
+    if mode in ("I", "F"):
+        # 32-bit integer or float grayscale: one float32 copy, scaled in place
+        arr = np.asarray(image, dtype=np.float32).copy()
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        arr -= lo
+        arr *= 0.0 if hi <= lo else 255.0 / (hi - lo)
+        np.rint(arr, out=arr)
+        return np.clip(arr, 0, 255, out=arr).astype(np.uint8)
     if mode in ("1", "L"):
         return np.asarray(image.convert("L"), dtype=np.uint8)
     if mode == "LA":
@@ -91,6 +108,13 @@ def _to_uint8(image: Image.Image) -> np.ndarray:
     # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV: Pillow's conversions to RGB (CMYK uses its
     # inverted-ink formula; alpha is dropped, not composited, so pixel values are unchanged).
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _stretch_table(lo: int, hi: int, size: int) -> np.ndarray:
+    """uint8 lookup table mapping lo..hi linearly onto 0..255 (values outside clipped)."""
+    values = np.arange(size, dtype=np.float64)
+    scaled = np.zeros(size) if hi <= lo else (values - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def from_raw_gray(data: bytes, height: int, width: int) -> DecodedImage:

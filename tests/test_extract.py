@@ -139,3 +139,31 @@ def test_ddsm_empty_label_and_truncated_file_are_quarantined_not_a_crash(tmp_pat
     assert quarantine["a.tfrecords#3"] == "record lacks feature(s) label_normal (empty)"
     assert "b.tfrecords is corrupt from record 2 on" in quarantine["b.tfrecords#2"]
     assert summary["records_written"] == 5 and summary["quarantined"] == 2
+
+
+def test_a_16_bit_image_decodes_without_float64_copies():
+    """Found in review: a 78 KB 16-bit 6324x6324 PNG took the gateway from 697 to 1,973 MB
+    (float64 copies of every pixel). The conversion now allocates the uint16 pixels and the
+    uint8 result, about 3 bytes a pixel instead of over 24, and gives the same pixels."""
+    import tracemalloc
+
+    from components import images
+
+    side = 3000
+    ramp = (np.add.outer(np.arange(side), np.arange(side)) * 7 % 60000 + 1000).astype(np.uint16)
+    data = _png(ramp)
+    assert len(data) < 2_000_000
+    tracemalloc.start()
+    decoded = images.decode(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4.5 * side * side, f"{peak / 1e6:.0f} MB for a {side}x{side} 16-bit image"
+    lo, hi = int(ramp.min()), int(ramp.max())
+    expected = np.clip(np.rint((ramp.astype(np.float64) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    assert np.array_equal(decoded.pixels, expected)
+    # a float image decodes at 4 bytes a pixel: refused when that exceeds the RGB budget
+    buf = io.BytesIO()
+    Image.fromarray(np.ones((100, 100), np.float32)).save(buf, format="TIFF")
+    assert images.decode(buf.getvalue(), max_pixels=20_000).pixels.shape == (100, 100)
+    with pytest.raises(images.ImageRejected, match="over the budget"):
+        images.decode(buf.getvalue(), max_pixels=10_000)          # its pixels allowed, their bytes not
