@@ -1,6 +1,8 @@
 """The JSON API (programs): /api/v1/..., /healthz, /readyz, /metrics."""
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
@@ -11,6 +13,9 @@ from gateway.uploads import UploadError, read_image
 from serving.client import ServingRejected, ServingUnavailable
 
 blueprint = Blueprint("api", __name__)
+
+
+log = logging.getLogger(__name__)
 
 
 def error(status: int, message: str):
@@ -26,7 +31,10 @@ def _upload_error(e: UploadError):
 @blueprint.errorhandler(ServingUnavailable)
 def _unavailable(e):
     parts()["metrics"].unavailable.inc()
-    return error(503, f"The model server is unavailable right now; try again shortly. ({e})")
+    log.warning("model server unavailable: %s", e)      # the address stays in the log, not the answer
+    response, status = error(503, "The model server is unavailable right now; try again shortly.")
+    response.headers["Retry-After"] = "5"
+    return response, status
 
 
 @blueprint.errorhandler(ServingRejected)
@@ -103,9 +111,11 @@ def readyz():
     try:
         missing = [n for n in names if not any(state == "AVAILABLE" for _, state in p["client"].status(n))]
     except ServingUnavailable as e:
-        return error(503, f"model server unavailable: {e}")
+        log.warning("readiness: model server unavailable: %s", e)
+        return error(503, "model server unavailable")
     except ServingRejected as e:
-        return error(503, f"model server: {e}")
+        log.warning("readiness: model server refused the status call: %s", e)
+        return error(503, "the model server refused the status call")
     if missing:
         return error(503, f"not yet available on the model server: {', '.join(missing)}")
     return jsonify({"status": "ready", "models": len(names)})

@@ -39,6 +39,17 @@ class Metrics:
         self.unavailable = Counter("gateway_serving_unavailable_total", "model server unreachable", registry=self.registry)
 
 
+# Pages load only their own stylesheet and images (the Grad-CAM overlay is a data: URL) and run
+# no script; nobody may frame them (clickjacking), and browsers must not sniff content types.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def create_app(config: GatewayConfig) -> Flask:
     from gateway import api, pages
 
@@ -58,6 +69,12 @@ def create_app(config: GatewayConfig) -> Flask:
     @app.before_request
     def _start_timer():
         g.started = time.perf_counter()
+
+    @app.after_request
+    def _secure(response):
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        return response
 
     @app.after_request
     def _observe(response):

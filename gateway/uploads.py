@@ -51,7 +51,10 @@ def _raw_bytes(request: Request) -> bytes:
             raise UploadError(400, f"no file in the form field 'image'{hint}")
         return upload.read()
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:               # e.g. 100,000 nested "[": deeper than any real body
+            raise UploadError(400, "the JSON body is nested too deeply") from None
         if not isinstance(body, dict) or not isinstance(body.get("image"), dict) or "b64" not in body["image"]:
             raise UploadError(400, 'the JSON body must be {"image": {"b64": "<base64 of the image file>"}}')
         try:

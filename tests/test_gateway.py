@@ -187,9 +187,12 @@ def test_model_server_outage_gives_503_quickly_and_the_gateway_recovers(stack, u
     server.stop()
     started = time.monotonic()
     r = c.post(f"/api/v1/models/{NAME}:predict", **_multipart(upload))
-    assert r.status_code == 503 and "unavailable" in r.json["error"]
+    assert r.status_code == 503 and "unavailable" in r.json["error"] and r.headers["Retry-After"]
     assert time.monotonic() - started < 3.0 + 1.0                       # within the deadline
-    assert c.get("/readyz").status_code == 503
+    ready = c.get("/readyz")
+    assert ready.status_code == 503
+    for answer in (r.get_data(as_text=True), ready.get_data(as_text=True)):   # found in review: addresses shown
+        assert "127.0.0.1" not in answer and str(port) not in answer
     page = c.post(f"/models/{NAME}", **_multipart(upload))
     assert page.status_code == 503 and b"model server is unavailable" in page.data
     stack["server"] = Server(stack["root"], port=port, poll_seconds=1.0)
@@ -241,3 +244,15 @@ def test_a_malformed_card_is_skipped_and_named_not_a_500_everywhere(stack, pipel
     finally:
         shutil.rmtree(stack["root"] / bad_name)
     assert stack["client"].get("/api/v1/models").json["skipped"] == []
+
+
+def test_security_headers_and_a_deeply_nested_json_body(stack):
+    """Found in review: no CSP, X-Content-Type-Options or X-Frame-Options headers, and 100,000
+    nested "[" in a JSON body answered 500."""
+    c = stack["client"]
+    for path in ("/", "/results", "/api/v1/models"):
+        headers = c.get(path).headers
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], path
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+    nested = c.post(f"/api/v1/models/{NAME}:predict", data="[" * 100_000, content_type="application/json")
+    assert nested.status_code == 400 and "nested too deeply" in nested.json["error"]
