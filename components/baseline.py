@@ -29,10 +29,16 @@ BINS = 32
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
-def features(images: np.ndarray) -> np.ndarray:
+def channels_of(images: np.ndarray) -> int:
+    """1 when every image is grey (its three channels equal), else 3. Decided on the train
+    split and used for every split, so all get the same features (a BUSI test split may hold
+    no colour overlay while its train split does)."""
+    return 1 if np.array_equal(images[..., 0], images[..., 2]) else 3
+
+
+def features(images: np.ndarray, channels: int) -> np.ndarray:
     """[N, S, S, 3] in 0..255 -> per-channel normalised histograms, means and standard
-    deviations (one channel when the image is grey: its three channels are equal)."""
-    channels = 1 if np.array_equal(images[..., 0], images[..., 2]) else 3
+    deviations of the first ``channels`` channels."""
     rows = []
     for image in images:
         parts = []
@@ -68,7 +74,8 @@ def run(splits: str | Path, modality: str, out: str | Path, bootstrap: int = sta
     splits = Path(splits)
     loaded = {name: load(splits / name, modality) for name in ("train", "validation", "test")}
     (xt, yt, _, _), (xv, yv, _, _), (xs, ys, sources, patients) = (loaded[n] for n in ("train", "validation", "test"))
-    ft, fv, fs = features(xt), features(xv), features(xs)
+    channels = channels_of(xt)
+    ft, fv, fs = (features(x, channels) for x in (xt, xv, xs))
 
     def fitted(c):
         model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))

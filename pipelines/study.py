@@ -87,6 +87,10 @@ def run(data: str | Path, work_dir: str | Path, model_repo: str | Path, profile:
          f"on the machine the profile is for. Progress follows per task and per epoch.")
     work_dir.mkdir(parents=True, exist_ok=True)
     record = {"profile": profile, "data": str(data.resolve()), "seeds": seeds, "modalities": {}}
+    if (work_dir / STUDY).exists():      # a run of some modalities keeps the others' record
+        earlier = json.loads((work_dir / STUDY).read_text())
+        if earlier.get("profile") == profile:
+            record["modalities"] = earlier.get("modalities", {})
     started = time.time()
     for modality in modalities:
         main = local.run(modality, sources[modality], model_repo, work_dir, settings(profile, modality), echo=echo)
@@ -104,7 +108,8 @@ def run(data: str | Path, work_dir: str | Path, model_repo: str | Path, profile:
                 settings(profile, modality, seed=seed, backbones=[backbone], strategies=[strategy]), echo=echo).name)
         record["modalities"][modality] = {"run": main.name, "best": {"backbone": backbone, "strategy": strategy,
                                                                       "validation_auc": val_auc},
-                                          "replicates": replicates}
+                                          "replicates": replicates, "seeds": seeds,
+                                          "minutes": round((time.time() - started) / 60, 1)}
         write_json(work_dir / STUDY, {**record, "minutes": round((time.time() - started) / 60, 1)})
     for path in report.run(work_dir):
         echo(path)
