@@ -73,8 +73,11 @@ def _shot(driver, name):
 def test_upload_result_compare_and_error_banner_in_chromium(site, browser):
     from selenium.webdriver.common.by import By
 
+    from selenium.webdriver.support.ui import WebDriverWait
+
     browser.get(site["url"] + "/")
-    assert "Breast-cancer image classification" in browser.page_source
+    # Under load Chromium can report an empty document for a moment after get() returns
+    WebDriverWait(browser, 30).until(lambda d: "Breast-cancer image classification" in d.page_source)
     _shot(browser, "home")
     browser.find_element(By.LINK_TEXT, "Ultrasound").click()
     browser.find_element(By.LINK_TEXT, "resnet50").click()
