@@ -13,6 +13,7 @@ size, timeout). The gateway cannot tell it from the real server; on a cluster th
 """
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -49,13 +50,17 @@ class Batcher:
     batching: up to ``max_batch_size`` inputs, waiting at most ``timeout`` for more). It waits
     for peers only when requests are arriving together (one came within the last timeout
     window): a lone request would otherwise pay the whole timeout for nothing. A batch that
-    fails is retried request by request, so one bad image fails only its own request."""
+    fails is retried request by request, so one bad image fails only its own request. At most
+    ``max_enqueued_batches`` batches wait: beyond that a call fails at once with UNAVAILABLE,
+    as TF Serving's "batch scheduling queue is full", instead of queueing without bound."""
 
-    def __init__(self, fn, batching: repository.Batching, enabled: bool = True):
+    def __init__(self, fn, batching: repository.Batching, enabled: bool = True, name: str = "batcher"):
         self.fn, self.batching, self.enabled = fn, batching, enabled
-        self.queue: queue.Queue[_Request] = queue.Queue()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(batching.num_batch_threads)] if enabled else []
-        self.stopped = False
+        self.queue: queue.Queue[_Request] = queue.Queue(maxsize=batching.max_enqueued_batches * batching.max_batch_size)
+        self.threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+                        for i in range(batching.num_batch_threads)] if enabled else []
+        self.stopped, self.draining = False, True
+        self.lock = threading.Lock()              # a call is queued before a stop, or refused
         self.last_arrival = 0.0
         self.batches_run = 0                      # observable: batches executed (<= requests)
         for t in self.threads:
@@ -65,10 +70,17 @@ class Batcher:
         if not self.enabled:
             return self._run(inputs)
         request = _Request(inputs)
-        now = time.monotonic()
-        request.crowded = now - self.last_arrival < 2 * self.batching.batch_timeout_micros / 1e6
-        self.last_arrival = now
-        self.queue.put(request)
+        with self.lock:
+            if self.stopped:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, "the model version is being unloaded; try again")
+            now = time.monotonic()
+            request.crowded = now - self.last_arrival < 2 * self.batching.batch_timeout_micros / 1e6
+            self.last_arrival = now
+            try:
+                self.queue.put_nowait(request)
+            except queue.Full:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   "the batch scheduling queue is full; retry with back-off") from None
         request.done.wait()
         if request.error:
             raise request.error
@@ -82,9 +94,9 @@ class Batcher:
 
     def _loop(self):
         timeout = self.batching.batch_timeout_micros / 1e6
-        while not self.stopped:
+        while not (self.stopped and (not self.draining or self.queue.empty())):
             try:
-                first = self.queue.get(timeout=0.5)
+                first = self.queue.get(timeout=0.2)
             except queue.Empty:
                 continue
             batch, size = [first], _rows(first.inputs)
@@ -123,8 +135,26 @@ class Batcher:
         for r in batch:
             r.done.set()
 
-    def stop(self):
-        self.stopped = True
+    def stop(self, drain: bool = True, timeout: float = 30.0):
+        """Stop taking calls. ``drain``: answer the calls already queued first (an unload while
+        clients wait); otherwise fail them with UNAVAILABLE (the server stopping). Either way no
+        caller stays blocked and the threads end, releasing the model they hold."""
+        with self.lock:
+            self.stopped, self.draining = True, drain
+        if not drain:
+            self._fail_queued()
+        for t in self.threads:
+            t.join(timeout)
+        self._fail_queued()                       # whatever the threads did not reach
+
+    def _fail_queued(self):
+        while True:
+            try:
+                request = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            request.error = ServingError(grpc.StatusCode.UNAVAILABLE, "the model server is stopping; try again")
+            request.done.set()
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
@@ -132,6 +162,9 @@ def _rows(inputs: dict[str, np.ndarray]) -> int:
 
 
 class LoadedVersion:
+    """One version, loaded and warmed. The batchers (and their threads) are made only after the
+    warm-up requests all succeeded: a version that fails to load leaves nothing running behind."""
+
     def __init__(self, name: str, version: int, path: Path, batching: repository.Batching, batching_on: bool):
         import tensorflow as tf
         from tensorflow.core.protobuf import saved_model_pb2
@@ -140,10 +173,11 @@ class LoadedVersion:
         self.loaded = tf.saved_model.load(str(path))
         saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
         self.signature_defs = saved.meta_graphs[0].signature_def
-        self.batchers = {key: Batcher(fn, batching, batching_on) for key, fn in self.loaded.signatures.items()}
-        self.warm_up()
+        self.warmed = self.warm_up(dict(self.loaded.signatures))
+        self.batchers = {key: Batcher(fn, batching, batching_on, name=f"batcher-{name}-{version}-{key}")
+                         for key, fn in self.loaded.signatures.items()}
 
-    def warm_up(self) -> int:
+    def warm_up(self, signatures: dict) -> int:
         """Replay the export's warmup requests, as TF Serving does at load time."""
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_log_pb2
@@ -154,23 +188,40 @@ class LoadedVersion:
             for raw in tf.data.TFRecordDataset(str(path)):
                 request = prediction_log_pb2.PredictionLog.FromString(raw.numpy()).predict_log.request
                 key = request.model_spec.signature_name or "serving_default"
-                self.batchers[key]({k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+                if key not in signatures:
+                    raise ValueError(f"warm-up request for unknown signature {key!r}")
+                signatures[key](**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
                 count += 1
         return count
 
-    def stop(self):
+    def stop(self, drain: bool = True):
         for b in self.batchers.values():
-            b.stop()
+            b.stop(drain)
+
+
+@dataclass
+class LoadFailure:
+    """A version that failed to load: why, how often, and when it is tried again."""
+    message: str
+    attempts: int
+    retry_at: float
 
 
 class ModelStore:
-    """What is loaded: model name -> version -> LoadedVersion, plus version labels."""
+    """What is loaded: model name -> version -> LoadedVersion, plus version labels.
 
-    def __init__(self, root: str | Path, batching_on: bool = True):
+    Roll-outs preserve availability, as TF Serving's default version policy does: a version
+    leaves only once a version the config wants is available, so a broken push never takes
+    the serving one down. A version that fails to load is retried with exponential back-off
+    (``retry_s`` doubling up to ``retry_max_s``) and reported in status as END with its error."""
+
+    def __init__(self, root: str | Path, batching_on: bool = True, retry_s: float = 2.0, retry_max_s: float = 300.0):
         self.root, self.batching_on = Path(root), batching_on
+        self.retry_s, self.retry_max_s = retry_s, retry_max_s
         self.lock = threading.Lock()
         self.loaded: dict[str, dict[int, LoadedVersion]] = {}
         self.labels: dict[str, dict[str, int]] = {}
+        self.failures: dict[tuple[str, int], LoadFailure] = {}
 
     def wanted(self) -> dict[str, tuple[list[int], dict[str, int]]]:
         if (self.root / repository.MODELS_CONFIG).exists():
@@ -179,30 +230,57 @@ class ModelStore:
                              dict(c.version_labels)) for c in config.model_config_list.config}
         return {m: (repository.versions(self.root, m)[-1:], {}) for m in repository.models(self.root)}
 
+    def _load(self, name: str, version: int, batching: repository.Batching) -> None:
+        failure = self.failures.get((name, version))
+        if failure and time.monotonic() < failure.retry_at:
+            return
+        try:
+            lv = LoadedVersion(name, version, self.root / name / str(version), batching, self.batching_on)
+        except Exception as e:     # a broken export must not take the server down
+            attempts = failure.attempts + 1 if failure else 1
+            delay = min(self.retry_max_s, self.retry_s * 2 ** (attempts - 1))
+            message = _reason(str(e))
+            self.failures[(name, version)] = LoadFailure(message, attempts, time.monotonic() + delay)
+            log.error("could not load %s version %s (attempt %d, next in %.0f s): %s", name, version, attempts, delay, message)
+            gc.collect()           # what the failed load built goes now, not at some later collection
+            return
+        self.failures.pop((name, version), None)
+        with self.lock:
+            self.loaded.setdefault(name, {})[version] = lv
+        log.info("loaded %s version %s (%d warm-up requests)", name, version, lv.warmed)
+
     def refresh(self) -> None:
         """Load versions that appeared, unload those no longer wanted (the poll)."""
         batching = repository.read_batching(self.root)
         wanted = self.wanted()
-        for name, (vers, labels) in wanted.items():
+        for name, (vers, _) in wanted.items():
             for v in vers:
                 if v not in self.loaded.get(name, {}) and (self.root / name / str(v) / "saved_model.pb").exists():
-                    try:
-                        lv = LoadedVersion(name, v, self.root / name / str(v), batching, self.batching_on)
-                    except Exception as e:     # a broken export must not take the server down
-                        log.error("could not load %s version %s: %s", name, v, e)
-                        continue
-                    with self.lock:
-                        self.loaded.setdefault(name, {})[v] = lv
-                    log.info("loaded %s version %s", name, v)
+                    self._load(name, v, batching)
+        self.failures = {k: f for k, f in self.failures.items() if k[1] in wanted.get(k[0], ([], {}))[0]}
+        leaving = []
         with self.lock:
             for name in list(self.loaded):
-                keep = set(wanted.get(name, ([], {}))[0])
+                keep = set(wanted[name][0]) if name in wanted else set()
+                if name in wanted and not keep & set(self.loaded[name]):
+                    continue               # nothing wanted is available yet: keep serving what is
                 for v in [v for v in self.loaded[name] if v not in keep]:
-                    self.loaded[name].pop(v).stop()
-                    log.info("unloaded %s version %s", name, v)
+                    leaving.append(self.loaded[name].pop(v))
                 if not self.loaded[name]:
                     del self.loaded[name]
             self.labels = {name: labels for name, (_, labels) in wanted.items()}
+        for lv in leaving:                 # outside the lock: queued calls are answered first
+            lv.stop(drain=True)
+            log.info("unloaded %s version %s", lv.name, lv.version)
+
+    def status(self, name: str) -> list[tuple[int, str, str]]:
+        """(version, state, error message) of every loaded or failed version, as TF Serving
+        reports them: AVAILABLE, or END with the load error."""
+        with self.lock:
+            rows = [(v, "AVAILABLE", "") for v in self.loaded.get(name, {})]
+        rows += [(v, "END", f"{f.message} (load attempt {f.attempts} failed; retrying with back-off)")
+                 for (n, v), f in list(self.failures.items()) if n == name]
+        return sorted(rows)
 
     def resolve(self, model_spec) -> LoadedVersion:
         with self.lock:
@@ -224,11 +302,12 @@ class ModelStore:
             return versions[v]
 
     def stop(self):
+        """Fail the calls still queued (the server is going away) and end every batcher."""
         with self.lock:
-            for versions in self.loaded.values():
-                for lv in versions.values():
-                    lv.stop()
+            leaving = [lv for versions in self.loaded.values() for lv in versions.values()]
             self.loaded.clear()
+        for lv in leaving:
+            lv.stop(drain=False)
 
 
 def _reason(message: str) -> str:
@@ -300,18 +379,19 @@ def _servicers(store: ModelStore):
         @guarded
         def GetModelStatus(self, request, context):
             spec = request.model_spec
-            with store.lock:
-                versions = sorted(store.loaded.get(spec.name, {}))
-            if not versions:
+            rows = store.status(spec.name)
+            if not rows:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
             if spec.WhichOneof("version_choice") == "version":
-                if spec.version.value not in versions:
+                rows = [r for r in rows if r[0] == spec.version.value]
+                if not rows:
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}")
-                versions = [spec.version.value]
             response = get_model_status_pb2.GetModelStatusResponse()
-            for v in versions:
-                status = response.model_version_status.add(version=v, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
-                status.status.error_code = 0
+            for version, state, error in rows:
+                status = response.model_version_status.add(version=version, state=getattr(
+                    get_model_status_pb2.ModelVersionStatus, state))
+                status.status.error_code = 2 if error else 0      # tensorflow.error.UNKNOWN
+                status.status.error_message = error
             return response
 
     return Prediction(), Models()
@@ -321,10 +401,10 @@ class Server:
     """A running embedded server: ``stop()`` ends it (the gRPC port closes)."""
 
     def __init__(self, root: str | Path, port: int = 8500, host: str = "127.0.0.1", poll_seconds: float = 2.0,
-                 batching: bool = True, workers: int = 64):
+                 batching: bool = True, workers: int = 64, retry_s: float = 2.0):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-        self.store = ModelStore(root, batching)
+        self.store = ModelStore(root, batching, retry_s=retry_s)
         self.store.refresh()
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                                 options=[("grpc.max_receive_message_length", 64 << 20),

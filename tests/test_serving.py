@@ -149,3 +149,95 @@ def test_published_versions_are_world_readable_and_stale_staging_is_cleaned(pipe
     modes = {p.relative_to(version).as_posix(): p.stat().st_mode & 0o777 for p in [version, *version.rglob("*")]}
     assert all(m == (0o755 if (version / p).is_dir() else 0o644) for p, m in modes.items()), modes
     assert not stale.exists() and not list((root / NAME).glob(".push-*"))
+
+
+def _variant(pipeline_outputs, tmp_path, note: str, damage=None):
+    """A copy of the export with its own card note (so a push makes a new version), damaged."""
+    export_dir = tmp_path / note
+    shutil.copytree(pipeline_outputs[NAME] / "saved_model", export_dir)
+    card = json.loads((export_dir / repository.CARD).read_text())
+    (export_dir / repository.CARD).write_text(json.dumps({**card, "note": note}))
+    if damage:
+        damage(export_dir)
+    return export_dir
+
+
+def _batcher_threads(version: int) -> list[str]:
+    import threading
+    return [t.name for t in threading.enumerate() if t.name.startswith(f"batcher-{NAME}-{version}-")]
+
+
+def _wait(predicate, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_broken_pushes_never_take_the_serving_version_down(pipeline_outputs, sample_splits, tmp_path):
+    root = tmp_path / "repo"
+    assert repository.push(pipeline_outputs[NAME] / "saved_model", root, keep=2).version == 1
+    server = Server(root, port=0, poll_seconds=0.2, retry_s=2.0)
+    client = ServingClient(f"127.0.0.1:{server.port}", deadline_s=20)
+    png = _pngs(sample_splits, "ultrasound", 1)[0]
+    try:
+        def corrupt_warmup(d):
+            (d / "assets.extra" / "tf_serving_warmup_requests").write_bytes(b"\x00garbage" * 64)
+
+        def truncate_graph(d):
+            graph = d / "saved_model.pb"
+            graph.write_bytes(graph.read_bytes()[:1000])
+
+        # two broken pushes in a row; with keep=2 the config then names only the broken ones
+        assert repository.push(_variant(pipeline_outputs, tmp_path, "bad-warmup", corrupt_warmup), root, keep=2).version == 2
+        assert repository.push(_variant(pipeline_outputs, tmp_path, "bad-graph", truncate_graph), root, keep=2).version == 3
+        assert _wait(lambda: {v for v, s in client.status(NAME) if s == "END"} == {2, 3})
+        time.sleep(3.0)                                    # ~15 polls
+        assert client.status(NAME) == [(1, "AVAILABLE"), (2, "END"), (3, "END")]
+        assert client.predict(NAME, png).version == 1      # version 1 still answers
+        # back-off: a failed version is not reloaded on every 0.2 s poll, and leaves no threads
+        assert all(f.attempts <= 3 for f in server.store.failures.values())
+        assert _batcher_threads(2) == [] and _batcher_threads(3) == [] and _batcher_threads(1)
+        # a good push replaces version 1, which leaves only then
+        assert repository.push(_variant(pipeline_outputs, tmp_path, "good", None), root, keep=2).version == 4
+        assert _wait(lambda: client.status(NAME)[-1:] == [(4, "AVAILABLE")] and 1 not in dict(client.status(NAME)))
+        assert client.predict(NAME, png).version == 4
+        assert _wait(lambda: _batcher_threads(1) == [])
+    finally:
+        client.close()
+        server.stop()
+
+
+def _slow_batcher(max_batch_size=1, max_enqueued_batches=2, seconds=0.3):
+    from serving.server import Batcher
+
+    def slow(image_bytes):
+        time.sleep(seconds)
+        return {"probability": tf.zeros([image_bytes.shape[0]])}
+    return Batcher(slow, repository.Batching(max_batch_size=max_batch_size, batch_timeout_micros=1000,
+                                             num_batch_threads=1, max_enqueued_batches=max_enqueued_batches))
+
+
+def test_the_batch_queue_is_bounded_and_a_stop_fails_what_is_queued():
+    from serving.server import ServingError
+
+    batcher = _slow_batcher()
+    call = lambda: batcher({"image_bytes": np.array([b"x"])})    # noqa: E731
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        outcomes = [f.exception() for f in [pool.submit(call) for _ in range(8)]]
+    full = [e for e in outcomes if isinstance(e, ServingError)]
+    assert full and all(e.code == grpc.StatusCode.UNAVAILABLE and "queue is full" in str(e) for e in full)
+    assert outcomes.count(None) >= 2
+
+    batcher = _slow_batcher(max_enqueued_batches=10, seconds=0.5)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        waiting = [pool.submit(call) for _ in range(6)]
+        time.sleep(0.2)
+        started = time.monotonic()
+        batcher.stop(drain=False)
+        errors = [f.exception(timeout=5) for f in waiting]
+    assert time.monotonic() - started < 2.0                   # nobody stays blocked
+    assert sum(isinstance(e, ServingError) and e.code == grpc.StatusCode.UNAVAILABLE for e in errors) >= 4
+    assert not any(t.is_alive() for t in batcher.threads)
+    with pytest.raises(ServingError, match="unloaded"):
+        call()
