@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template, request, send_file
 
-from components import stats
 from components.artifacts import PICTURES
 from gateway import service
 from gateway.app import parts
@@ -21,7 +20,7 @@ METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy"
 def _render(template: str, status: int = 200, **context):
     deployed = parts()["deployed"]
     return render_template(template, modalities=deployed.modalities(), cards=deployed.cards(),
-                           metric_names=METRIC_NAMES, metric_keys=stats.METRICS, **context), status
+                           metric_names=METRIC_NAMES, metric_keys=tuple(METRIC_NAMES), **context), status
 
 
 def _attempt(fn):

@@ -1,11 +1,11 @@
-"""``python -m serving push|serve|configs``: the model repository and the embedded server."""
+"""``python -m serving push|serve|configs|protos``: the model repository, the embedded server and
+the TF Serving protocol descriptors the gateway uses."""
 from __future__ import annotations
 
 import argparse
 import logging
 
 from components import cli
-from serving import repository
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,10 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("configs", help="rewrite models.config and batching.config from what the repository holds")
     c.add_argument("--model-repo", required=True)
     c.add_argument("--base-path")
+    sub.add_parser("protos", help="rebuild serving/tensorflow_serving.binpb from the installed tensorflow-serving-api")
     return ap
 
 
 def _run(args, _):
+    if args.command == "protos":       # before anything imports serving.protos, which reads the file
+        from serving import protos_build
+
+        print(f"wrote {protos_build.write()}")
+        return
+    from serving import repository
+
     if args.command == "push":
         r = repository.push(args.export, args.model_repo, args.keep, args.base_path)
         print(f"{r.model}: {r.reason}")

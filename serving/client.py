@@ -2,7 +2,8 @@
 
 One channel per server; every call has a deadline; UNAVAILABLE is retried with a short
 back-off while the deadline allows; the models of a compare are asked in parallel. It imports
-no TensorFlow (tensor protos are built and read by hand), so the gateway stays light.
+no TensorFlow: the messages are TF Serving's own, from ``serving.protos``, and tensor protos
+are built and read by hand, so the gateway stays light.
 """
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from serving import protos
 
-_NUMPY = {types_pb2.DT_FLOAT: ("float_val", np.float32), types_pb2.DT_INT64: ("int64_val", np.int64),
-          types_pb2.DT_INT32: ("int_val", np.int32), types_pb2.DT_DOUBLE: ("double_val", np.float64)}
-_RAW = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_INT64: np.int64, types_pb2.DT_INT32: np.int32,
-        types_pb2.DT_DOUBLE: np.float64}
+_DT = protos.DataType.values_by_name
+_NUMPY = {_DT["DT_FLOAT"].number: ("float_val", np.float32), _DT["DT_INT64"].number: ("int64_val", np.int64),
+          _DT["DT_INT32"].number: ("int_val", np.int32), _DT["DT_DOUBLE"].number: ("double_val", np.float64)}
+_RAW = {dtype: numpy for dtype, (_, numpy) in _NUMPY.items()}
 
 
 class ServingUnavailable(Exception):
@@ -40,13 +39,14 @@ class Prediction:
     outputs: dict[str, np.ndarray]
 
 
-def string_tensor(values: list[bytes]) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=values,
-                                  tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                                      dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]))
+def string_tensor(values: list[bytes]):
+    """A 1-D DT_STRING TensorProto."""
+    tensor = protos.TensorProto(dtype=_DT["DT_STRING"].number, string_val=values)
+    tensor.tensor_shape.dim.add(size=len(values))
+    return tensor
 
 
-def to_numpy(t: tensor_pb2.TensorProto) -> np.ndarray:
+def to_numpy(t) -> np.ndarray:
     shape = [d.size for d in t.tensor_shape.dim]
     if t.tensor_content:
         return np.frombuffer(t.tensor_content, dtype=_RAW[t.dtype]).reshape(shape)
@@ -64,8 +64,13 @@ class ServingClient:
             # recovers within seconds of the model server coming back
             ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
             ("grpc.max_reconnect_backoff_ms", 2000)])
-        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self._predict = self._method(protos.PREDICT, protos.PredictResponse)
+        self._metadata = self._method(protos.GET_MODEL_METADATA, protos.GetModelMetadataResponse)
+        self._status = self._method(protos.GET_MODEL_STATUS, protos.GetModelStatusResponse)
+
+    def _method(self, path: str, response_class):
+        return self.channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
+                                        response_deserializer=response_class.FromString)
 
     def _call(self, method, request, deadline: float):
         remaining = deadline - time.monotonic()
@@ -91,7 +96,7 @@ class ServingClient:
                 raise ServingRejected(code, e.details()) from e
 
     def _request(self, model: str, image: bytes, signature: str, version_label: str | None):
-        request = predict_pb2.PredictRequest()
+        request = protos.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = signature
         if version_label:
@@ -104,11 +109,11 @@ class ServingClient:
         """Ask every model at once (in parallel); each result is a Prediction or the error."""
         deadline = time.monotonic() + self.deadline_s
         requests = [self._request(m, image, signature, version_label) for m in models]
-        pending = [self._call(self.prediction.Predict, r, deadline) for r in requests]
+        pending = [self._call(self._predict, r, deadline) for r in requests]
         results: list[Prediction | Exception] = []
         for future, request in zip(pending, requests):
             try:
-                response = self._result(future, self.prediction.Predict, request, deadline)
+                response = self._result(future, self._predict, request, deadline)
                 results.append(Prediction(response.model_spec.name, response.model_spec.version.value,
                                           {k: to_numpy(v) for k, v in response.outputs.items()}))
             except (ServingUnavailable, ServingRejected) as e:
@@ -123,21 +128,19 @@ class ServingClient:
         return result
 
     def status(self, model: str) -> list[tuple[int, str]]:
-        request = get_model_status_pb2.GetModelStatusRequest()
+        request = protos.GetModelStatusRequest()
         request.model_spec.name = model
         deadline = time.monotonic() + self.deadline_s
-        response = self._result(self._call(self.models.GetModelStatus, request, deadline),
-                                self.models.GetModelStatus, request, deadline)
-        return [(s.version, get_model_status_pb2.ModelVersionStatus.State.Name(s.state))
-                for s in response.model_version_status]
+        response = self._result(self._call(self._status, request, deadline), self._status, request, deadline)
+        return [(s.version, protos.VersionState.values_by_number[s.state].name) for s in response.model_version_status]
 
-    def metadata(self, model: str) -> get_model_metadata_pb2.SignatureDefMap:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    def metadata(self, model: str):
+        """The model's SignatureDefMap (TF Serving's GetModelMetadata with signature_def)."""
+        request = protos.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.name = model
         deadline = time.monotonic() + self.deadline_s
-        response = self._result(self._call(self.prediction.GetModelMetadata, request, deadline),
-                                self.prediction.GetModelMetadata, request, deadline)
-        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response = self._result(self._call(self._metadata, request, deadline), self._metadata, request, deadline)
+        sig_map = protos.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sig_map)
         return sig_map
 

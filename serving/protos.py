@@ -1,38 +1,58 @@
-"""TensorFlow Serving's config messages.
+"""TensorFlow Serving's messages and gRPC method paths, without importing TensorFlow.
 
-``ModelServerConfig`` ships with tensorflow-serving-api. ``BatchingParameters`` (the format of
-the ``--batching_parameters_file``) does not, so it is declared here with the same package,
-names and field numbers as ``tensorflow_serving/servables/tensorflow/session_bundle_config.proto``:
-the text and wire formats are therefore TF Serving's own.
+The protocol is TF Serving's own: its ``.proto`` definitions (``tensorflow_serving/apis``,
+``tensorflow_serving/config`` and the ``tensorflow/core/framework`` files they import), taken
+from the installed tensorflow-serving-api as a ``FileDescriptorSet`` (``tensorflow_serving.binpb``
+beside this module), and turned into message classes in a private descriptor pool at import.
+So the gateway (and its image) needs only protobuf and grpcio, not TensorFlow's 690 MB per
+process, and a process that also imports TensorFlow (the embedded server, the tests) sees no
+clash with TensorFlow's own registrations: the names, field numbers and so the wire format are
+the same. ``BatchingParameters`` (the ``--batching_parameters_file`` format) does not ship with
+tensorflow-serving-api; it is declared with the package, names and field numbers of
+``tensorflow_serving/servables/tensorflow/session_bundle_config.proto``.
+
+After upgrading tensorflow-serving-api, rebuild the descriptor set (a test fails until then);
+``serving.protos_build`` says how it is made:
+
+    python -m serving protos
 """
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2  # noqa: F401 (registers wrappers)
-from tensorflow_serving.config import model_server_config_pb2
+from pathlib import Path
 
-ModelServerConfig = model_server_config_pb2.ModelServerConfig
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+DESCRIPTORS = Path(__file__).with_name("tensorflow_serving.binpb")
 
 
-def _batching_parameters_class():
-    fd = descriptor_pb2.FileDescriptorProto(name="bcimaging/session_bundle_config_subset.proto",
-                                            package="tensorflow.serving", syntax="proto3",
-                                            dependency=["google/protobuf/wrappers.proto"])
-    msg = fd.message_type.add(name="BatchingParameters")
-    F = descriptor_pb2.FieldDescriptorProto
-    for name, number, wrapper in [("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
-                                  ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
-                                  ("thread_pool_name", 5, "StringValue")]:
-        msg.field.add(name=name, number=number, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
-                      type_name=f".google.protobuf.{wrapper}")
-    msg.field.add(name="allowed_batch_sizes", number=6, type=F.TYPE_INT64, label=F.LABEL_REPEATED)
-    msg.field.add(name="pad_variable_length_inputs", number=7, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL)
-    pool = descriptor_pool.Default()
-    try:  # declared once per process, even if this module is reloaded
-        descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    except KeyError:
+def _pool() -> descriptor_pool.DescriptorPool:
+    pool = descriptor_pool.DescriptorPool()
+    for fd in descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes()).file:
         pool.Add(fd)
-        descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    return message_factory.GetMessageClass(descriptor)
+    return pool
 
 
-BatchingParameters = _batching_parameters_class()
+POOL = _pool()
+
+
+def message(full_name: str):
+    return message_factory.GetMessageClass(POOL.FindMessageTypeByName(full_name))
+
+
+ModelServerConfig = message("tensorflow.serving.ModelServerConfig")
+BatchingParameters = message("tensorflow.serving.BatchingParameters")
+TensorProto = message("tensorflow.TensorProto")
+PredictRequest = message("tensorflow.serving.PredictRequest")
+PredictResponse = message("tensorflow.serving.PredictResponse")
+GetModelStatusRequest = message("tensorflow.serving.GetModelStatusRequest")
+GetModelStatusResponse = message("tensorflow.serving.GetModelStatusResponse")
+GetModelMetadataRequest = message("tensorflow.serving.GetModelMetadataRequest")
+GetModelMetadataResponse = message("tensorflow.serving.GetModelMetadataResponse")
+SignatureDefMap = message("tensorflow.serving.SignatureDefMap")
+DataType = POOL.FindEnumTypeByName("tensorflow.DataType")
+VersionState = POOL.FindEnumTypeByName("tensorflow.serving.ModelVersionStatus.State")
+# gRPC paths are /<package>.<Service>/<Method> (tensorflow_serving/apis/*_service.proto); the
+# service files themselves are left out of the set, as the messages are all a client needs.
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
+GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"

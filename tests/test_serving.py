@@ -241,3 +241,21 @@ def test_the_batch_queue_is_bounded_and_a_stop_fails_what_is_queued():
     assert not any(t.is_alive() for t in batcher.threads)
     with pytest.raises(ServingError, match="unloaded"):
         call()
+
+
+def test_the_gateway_speaks_tf_serving_protos_without_importing_tensorflow(tmp_path):
+    """The descriptor set the gateway loads is exactly what the installed tensorflow-serving-api
+    defines (rebuild with `python -m serving protos` after an upgrade), and importing the whole
+    gateway loads neither TensorFlow nor the ML stack."""
+    import subprocess
+    import sys
+
+    from serving import protos_build
+
+    assert protos.DESCRIPTORS.read_bytes() == protos_build.build_descriptor_set(), \
+        "serving/tensorflow_serving.binpb is stale: run `python -m serving protos`"
+    code = ("import sys, gateway.wsgi, gateway.api, gateway.pages; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'scipy', 'sklearn', 'pandas'}))")
+    out = subprocess.run([sys.executable, "-c", code], env={"MODEL_REPO": str(tmp_path), "PATH": "/usr/bin"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
