@@ -38,6 +38,14 @@ class DecodedImage:
     def width(self) -> int:
         return int(self.pixels.shape[1])
 
+    def fit(self, max_side: int) -> "DecodedImage":
+        """The image with its longer side at most ``max_side`` (antialiased, aspect kept)."""
+        if max(self.height, self.width) <= max_side:
+            return self
+        image = Image.fromarray(self.pixels)
+        image.thumbnail((max_side, max_side), Image.Resampling.BOX)
+        return DecodedImage(np.asarray(image))
+
     def png(self, compress_level: int = 3) -> bytes:
         buf = io.BytesIO()
         Image.fromarray(self.pixels).save(buf, format="PNG", compress_level=compress_level)

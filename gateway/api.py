@@ -7,9 +7,8 @@ from flask import Blueprint, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from gateway import openapi, service
-from gateway.app import parts
-from gateway.uploads import UploadError, read_image
+from gateway import errors, openapi, service
+from gateway.state import current
 from serving.client import ServingRejected, ServingUnavailable
 
 blueprint = Blueprint("api", __name__)
@@ -18,35 +17,19 @@ blueprint = Blueprint("api", __name__)
 log = logging.getLogger(__name__)
 
 
-def error(status: int, message: str):
-    return jsonify({"error": message, "status": status}), status
-
-
-@blueprint.errorhandler(UploadError)
-def _upload_error(e: UploadError):
-    parts()["metrics"].rejected.labels(str(e.status)).inc()
-    return error(e.status, str(e))
-
-
-@blueprint.errorhandler(ServingUnavailable)
-def _unavailable(e):
-    parts()["metrics"].unavailable.inc()
-    log.warning("model server unavailable: %s", e)      # the address stays in the log, not the answer
-    response, status = error(503, "The model server is unavailable right now; try again shortly.")
-    response.headers["Retry-After"] = "5"
+def error(status: int, message: str, headers: dict | None = None):
+    response = jsonify({"error": message, "status": status})
+    response.headers.update(headers or {})
     return response, status
 
 
-@blueprint.errorhandler(ServingRejected)
-def _rejected(e: ServingRejected):
-    status = 404 if e.code.name == "NOT_FOUND" else 400 if e.code.name == "INVALID_ARGUMENT" else 502
-    return error(status, f"model server: {e}")
+def _problem(e: Exception):
+    problem = errors.describe(e)
+    return error(problem.status, problem.message, problem.headers)
 
 
-@blueprint.errorhandler(service.NotDeployed)
-def _not_deployed(e):
-    names = sorted(parts()["deployed"].cards())
-    return error(404, f"{e}; deployed: {', '.join(names) or 'none'}")
+for _handled in errors.HANDLED:
+    blueprint.register_error_handler(_handled, _problem)
 
 
 @blueprint.errorhandler(HTTPException)
@@ -56,7 +39,7 @@ def _http(e: HTTPException):
 
 @blueprint.get("/api/v1/models")
 def list_models():
-    deployed = parts()["deployed"]
+    deployed = current().deployed
     return jsonify({"models": [{"name": name, "version": card["version"], "modality": card["modality"],
                                 "backbone": card["backbone"], "strategy": card["strategy"],
                                 "label_names": card["label_names"], "threshold": card["threshold"],
@@ -69,26 +52,26 @@ def list_models():
 
 @blueprint.post("/api/v1/models/<name>:predict")
 def predict(name):
-    p = parts()
-    card = p["deployed"].card(name)
+    p = current()
+    card = p.deployed.card(name)
     if card is None:
-        raise service.NotDeployed(f"no model named {name!r} is deployed")
-    png = read_image(request, p["config"].max_upload_bytes, p["config"].max_pixels)
-    result = service.predict(p["client"], card, name, png)
-    p["metrics"].predictions.labels(name).inc()
+        raise errors.NotDeployed(f"no model named {name!r} is deployed")
+    png = p.read_upload(request, card["image_size"])
+    result = service.predict(p.client, p.deployed, name, png)
+    p.metrics.predictions.labels(name).inc()
     return jsonify(result)
 
 
 @blueprint.post("/api/v1/cohorts/<modality>/<strategy>:compare")
 def compare(modality, strategy):
-    p = parts()
-    names = p["deployed"].cohort(modality, strategy)
+    p = current()
+    names = p.deployed.cohort(modality, strategy)
     if not names:
-        raise service.NotDeployed(f"no cohort {modality}/{strategy} is deployed")
-    png = read_image(request, p["config"].max_upload_bytes, p["config"].max_pixels)
-    result = service.compare(p["client"], p["deployed"].cards(), names, png)
+        raise errors.NotDeployed(f"no cohort {modality}/{strategy} is deployed")
+    png = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names))
+    result = service.compare(p.client, p.deployed, names, png)
     for r in result["models"]:
-        p["metrics"].predictions.labels(r["model"]).inc()
+        p.metrics.predictions.labels(r["model"]).inc()
     return jsonify({"modality": modality, "strategy": strategy, **result})
 
 
@@ -104,12 +87,20 @@ def healthz():
 
 @blueprint.get("/readyz")
 def readyz():
-    p = parts()
-    names = sorted(p["deployed"].cards())
+    p = current()
+    if p.draining.is_set():
+        return error(503, "the gateway is shutting down", {"Retry-After": str(errors.RETRY_AFTER_S)})
+    names = sorted(p.deployed.cards())
     if not names:
         return error(503, "no model is deployed in the model repository")
     try:
-        missing = [n for n in names if not any(state == "AVAILABLE" for _, state in p["client"].status(n))]
+        missing = []
+        for name in names:
+            available = [v for v, state in p.client.status(name) if state == "AVAILABLE"]
+            if available:
+                p.deployed.note_served(name, max(available))      # the version "latest" answers with
+            else:
+                missing.append(name)
     except ServingUnavailable as e:
         log.warning("readiness: model server unavailable: %s", e)
         return error(503, "model server unavailable")
@@ -123,4 +114,4 @@ def readyz():
 
 @blueprint.get("/metrics")
 def metrics():
-    return generate_latest(parts()["metrics"].registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+    return generate_latest(current().metrics.registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}

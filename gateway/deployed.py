@@ -1,6 +1,8 @@
-"""What is deployed, read from the model repository: model cards of each model's newest
-version. Routes and pages come from here, not from code, so adding a model or a modality to
-the repository needs no gateway change."""
+"""What is deployed, read from the model repository: each model's card, of the version the
+model server actually serves (learned from its answers and status; the newest folder until
+then). Routes and pages come from here, not from code, so adding a model or a modality to the
+repository needs no gateway change. A broken newer version that the server could not load
+does not replace the card of the version still answering."""
 from __future__ import annotations
 
 import logging
@@ -22,29 +24,39 @@ class Deployed:
         self._key = None
         self._cards: dict[str, dict] = {}
         self.skipped: dict[str, str] = {}    # model -> why its card is not offered
+        self._served: dict[str, int] = {}     # model -> version the model server answers with
 
     def _state_key(self):
         """Changes when a model or version appears or goes (cheap: directory listings)."""
-        return tuple((m, tuple(repository.versions(self.root, m))) for m in repository.models(self.root))
+        listing = tuple((m, tuple(repository.versions(self.root, m))) for m in repository.models(self.root))
+        return listing, tuple(sorted(self._served.items()))
+
+    def note_served(self, name: str, version: int) -> None:
+        """The model server answered ``name`` with ``version``: show that version's card."""
+        if self._served.get(name) != version:
+            self._served[name] = version
 
     def cards(self) -> dict[str, dict]:
         key = self._state_key()
         with self._lock:
             if key != self._key:
                 cards, skipped = {}, {}
-                for name, versions in key:
+                for name, versions in key[0]:
+                    if not versions:
+                        continue
+                    version = self._served.get(name) if self._served.get(name) in versions else versions[-1]
                     try:
-                        card = repository.card(self.root, name, versions[-1])
+                        card = repository.card(self.root, name, version)
                         problems = repository.check_card(card)
                         if not problems and card["model_name"] != name:
                             problems = [f"its card names {card['model_name']!r}"]
                     except (OSError, ValueError) as e:
                         problems = [f"no readable card ({type(e).__name__})"]
                     if problems:             # one bad card must not take every page down
-                        skipped[name] = f"version {versions[-1]}: {'; '.join(problems)}"
+                        skipped[name] = f"version {version}: {'; '.join(problems)}"
                         log.warning("not offering %s: %s", name, skipped[name])
                         continue
-                    cards[name] = {**card, "version": versions[-1]}
+                    cards[name] = {**card, "version": version}
                 self._cards, self.skipped, self._key = cards, skipped, key
             return self._cards
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, abort, render_template, request, send_file
 
 from components.artifacts import PICTURES
-from gateway import service
-from gateway.app import parts
-from gateway.uploads import UploadError, read_image
-from serving.client import ServingRejected, ServingUnavailable
+from gateway import errors, service
+from gateway.state import current
 
 blueprint = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/static")
@@ -18,7 +16,7 @@ METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy"
 
 
 def _render(template: str, status: int = 200, **context):
-    deployed = parts()["deployed"]
+    deployed = current().deployed
     return render_template(template, modalities=deployed.modalities(), cards=deployed.cards(),
                            metric_names=METRIC_NAMES, metric_keys=tuple(METRIC_NAMES), **context), status
 
@@ -27,14 +25,9 @@ def _attempt(fn):
     """Run a prediction; on failure return (None, status, message) for the inline banner."""
     try:
         return fn(), 200, None
-    except UploadError as e:
-        parts()["metrics"].rejected.labels(str(e.status)).inc()
-        return None, e.status, f"That file could not be used: {e}"
-    except ServingUnavailable:
-        parts()["metrics"].unavailable.inc()
-        return None, 503, "The model server is unavailable right now. Please try again in a minute."
-    except ServingRejected as e:
-        return None, 400, f"The model could not read this image: {e}"
+    except errors.HANDLED as e:
+        problem = errors.describe(e)
+        return None, problem.status, problem.message
 
 
 @blueprint.get("/")
@@ -44,43 +37,44 @@ def home():
 
 @blueprint.get("/modalities/<modality>")
 def modality(modality):
-    if modality not in parts()["deployed"].modalities():
+    if modality not in current().deployed.modalities():
         abort(404)
     return _render("modality.html", modality=modality)
 
 
 @blueprint.route("/models/<name>", methods=["GET", "POST"])
 def model(name):
-    p = parts()
-    card = p["deployed"].card(name)
+    p = current()
+    card = p.deployed.card(name)
     if card is None:
         abort(404)
     result, status, message, overlay = None, 200, None, None
     if request.method == "POST":
         def run():
-            png = read_image(request, p["config"].max_upload_bytes, p["config"].max_pixels)
-            prediction = service.predict(p["client"], card, name, png)
-            p["metrics"].predictions.labels(name).inc()
-            return prediction, service.explain_overlay(p["client"], name, png)
+            png = p.read_upload(request, card["image_size"])
+            prediction = service.predict(p.client, p.deployed, name, png)
+            p.metrics.predictions.labels(name).inc()
+            return prediction, service.explain_overlay(p.client, name, png)
         outcome, status, message = _attempt(run)
         if outcome:
             result, overlay = outcome
-    pictures = [f for f in PICTURES if p["deployed"].picture(name, f)]
+            card = p.deployed.card(name) or card      # the card of the version that answered
+    pictures = [f for f in PICTURES if p.deployed.picture(name, f)]
     return _render("model.html", status, name=name, card=card, result=result, overlay=overlay, error=message,
                    pictures=pictures)
 
 
 @blueprint.route("/cohorts/<modality>/<strategy>", methods=["GET", "POST"])
 def cohort(modality, strategy):
-    p = parts()
-    names = p["deployed"].cohort(modality, strategy)
+    p = current()
+    names = p.deployed.cohort(modality, strategy)
     if not names:
         abort(404)
     result, status, message = None, 200, None
     if request.method == "POST":
         def run():
-            png = read_image(request, p["config"].max_upload_bytes, p["config"].max_pixels)
-            return service.compare(p["client"], p["deployed"].cards(), names, png)
+            png = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names))
+            return service.compare(p.client, p.deployed, names, png)
         result, status, message = _attempt(run)
     return _render("compare.html", status, modality=modality, strategy=strategy, names=names, result=result,
                    error=message)
@@ -93,7 +87,7 @@ def results():
 
 @blueprint.get("/models/<name>/pictures/<filename>")
 def picture(name, filename):
-    path = parts()["deployed"].picture(name, filename)
+    path = current().deployed.picture(name, filename)
     if path is None:
         abort(404)
     return send_file(path, mimetype="image/png", max_age=300)
@@ -108,7 +102,7 @@ def not_found(e):
 
 @blueprint.app_errorhandler(413)
 def too_large(e):
-    message = f"The upload is larger than the limit of {parts()['config'].max_upload_bytes:,} bytes."
+    message = f"The upload is larger than the limit of {current().config.max_upload_bytes:,} bytes."
     if request.path.startswith("/api/"):
         return {"error": message, "status": 413}, 413
     return _render("error.html", 413, error=message)

@@ -10,28 +10,28 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from gateway.deployed import Deployed
+from gateway.errors import NotDeployed
 from serving.client import Prediction, ServingClient, ServingRejected, ServingUnavailable
 
 
-class NotDeployed(Exception):
-    pass
-
-
-def _result(card: dict, prediction: Prediction) -> dict:
+def _result(deployed: Deployed, prediction: Prediction) -> dict:
+    deployed.note_served(prediction.model, prediction.version)
+    card = deployed.card(prediction.model)
     probability = float(prediction.outputs["probability"][0])
     label = int(prediction.outputs["label"][0])
     return {"model": prediction.model, "version": prediction.version, "probability": round(probability, 6),
-            "label": label, "label_name": card["label_names"][label],
+            "label": label, "label_name": (card or {}).get("label_names", ["negative", "positive"])[label],
             "threshold": round(float(prediction.outputs["threshold"][0]), 6)}
 
 
-def predict(client: ServingClient, card: dict | None, name: str, png: bytes) -> dict:
-    if card is None:
+def predict(client: ServingClient, deployed: Deployed, name: str, png: bytes) -> dict:
+    if deployed.card(name) is None:
         raise NotDeployed(f"no model named {name!r} is deployed")
-    return _result(card, client.predict(name, png))
+    return _result(deployed, client.predict(name, png))
 
 
-def compare(client: ServingClient, cards: dict[str, dict], names: list[str], png: bytes) -> dict:
+def compare(client: ServingClient, deployed: Deployed, names: list[str], png: bytes) -> dict:
     """The cohort's models asked in parallel; agreement says whether their labels concur."""
     results = []
     for name, outcome in zip(names, client.predict_many(names, png)):
@@ -40,7 +40,7 @@ def compare(client: ServingClient, cards: dict[str, dict], names: list[str], png
         if isinstance(outcome, ServingRejected):
             results.append({"model": name, "error": str(outcome)})
         else:
-            results.append(_result(cards[name], outcome))
+            results.append(_result(deployed, outcome))
     labels = [r["label"] for r in results if "label" in r]
     agree = max(labels.count(0), labels.count(1)) if labels else 0
     return {"models": results, "agreement": {"agreeing": agree, "of": len(labels),
