@@ -14,7 +14,7 @@ setup(
     install_requires=[
         "tensorflow", "keras", "tensorflow-data-validation", "tfx-bsl", "tensorflow-serving-api",
         "apache-beam[gcp]", "pyarrow", "kfp", "kfp-kubernetes", "protobuf", "numpy", "pandas",
-        "grpcio", "flask", "gunicorn", "scikit-learn", "opencv-python-headless", "pillow",
+        "grpcio", "flask", "waitress", "scikit-learn", "opencv-python-headless", "pillow",
         "matplotlib", "tqdm",
     ],
 )

@@ -1,30 +1,82 @@
-"""``python -m gateway --model-repo DIR --serving HOST:PORT --port 8080``: the gateway on Flask's
-threaded server (development and one machine); on a cluster run gunicorn on gateway.wsgi:app."""
+"""``python -m gateway --model-repo DIR --serving HOST:PORT --port 8080``: the gateway on waitress,
+on one machine and in the container alike (settings also from MODEL_REPO, SERVING_ADDRESS).
+
+Why waitress and not gunicorn's threads: a thread worker reads a request's body itself, so 16
+clients trickling uploads held all 2 x 8 threads and ``/healthz`` stopped answering (the
+liveness probe would then kill the pod). Waitress reads every request, body included, in one
+asynchronous I/O loop and hands a thread only a complete request; slow clients cost a buffer
+each (in memory up to ``inbuf_overflow``, spooled beyond), bounded by ``connection_limit``.
+"""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 from components import cli
 from gateway.app import GatewayConfig, create_app
 
+log = logging.getLogger("gateway")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
-    ap.add_argument("--model-repo", required=True)
-    ap.add_argument("--serving", default="127.0.0.1:8500", help="model server gRPC address")
-    ap.add_argument("--host", default="127.0.0.1")
+    ap = argparse.ArgumentParser(prog="python -m gateway", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-repo", default=os.environ.get("MODEL_REPO"), required="MODEL_REPO" not in os.environ,
+                    help="model repository folder (env MODEL_REPO)")
+    ap.add_argument("--serving", default=os.environ.get("SERVING_ADDRESS", "127.0.0.1:8500"),
+                    help="model server gRPC address (env SERVING_ADDRESS)")
+    ap.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 in a container)")
     ap.add_argument("--port", type=int, default=8080)
-    ap.add_argument("--deadline", type=float, default=5.0, help="seconds a prediction may take")
+    ap.add_argument("--deadline", type=float, default=float(os.environ.get("PREDICT_DEADLINE_S", 5.0)),
+                    help="seconds a prediction may take")
+    ap.add_argument("--threads", type=int, default=8, help="requests handled at once (each holds one)")
+    ap.add_argument("--connection-limit", type=int, default=256,
+                    help="open connections at most; slow clients hold a connection, not a thread")
+    ap.add_argument("--drain-delay", type=float, default=5.0,
+                    help="seconds /readyz answers 503 after SIGTERM before the gateway stops taking requests")
+    ap.add_argument("--drain-timeout", type=float, default=25.0,
+                    help="seconds then allowed for requests in flight to finish")
     return ap
+
+
+def server(config: GatewayConfig, host: str, port: int, threads: int = 8, connection_limit: int = 256):
+    """(app, waitress server) for the gateway (``.run()`` serves, ``.close()`` stops; port 0 picks one)."""
+    from waitress import create_server
+
+    app = create_app(config)
+    return app, create_server(app, host=host, port=port, threads=threads, connection_limit=connection_limit,
+                         max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+                         channel_timeout=30,           # a connection silent for 30 s is closed
+                         asyncore_use_poll=True,       # select() stops at 1024 descriptors
+                         ident="gateway")              # no server version in the Server header
 
 
 def _run(args, _):
     if not Path(args.model_repo).is_dir():
         raise FileNotFoundError(f"{args.model_repo} is not a model repository folder")
-    app = create_app(GatewayConfig(Path(args.model_repo), args.serving, deadline_s=args.deadline))
-    print(f"gateway on http://{args.host}:{args.port}/ (model server {args.serving})", flush=True)
-    app.run(host=args.host, port=args.port, threaded=True)
+    config = GatewayConfig(Path(args.model_repo), args.serving, deadline_s=args.deadline)
+    app, http = server(config, args.host, args.port, args.threads, args.connection_limit)
+    shared = app.extensions["gateway"]
+
+    def drain():
+        """SIGTERM (Kubernetes stopping the pod): say "not ready" first so no new requests are
+        routed here, keep answering meanwhile, let requests in flight finish, then stop."""
+        shared.draining.set()
+        log.info("SIGTERM: /readyz answers 503; draining for %.0f s", args.drain_delay)
+        time.sleep(args.drain_delay)
+        if not shared.wait_idle(args.drain_timeout):
+            log.warning("stopping with requests still in flight after %.0f s", args.drain_timeout)
+        http.close()
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=drain, daemon=True).start())
+    print(f"gateway on http://{args.host}:{http.effective_port}/ (model server {args.serving})", flush=True)
+    http.run()
+    print("gateway stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,172 @@
+"""The gateway as it runs in production (waitress, `python -m gateway`): slow clients cannot
+starve it, SIGTERM drains, and uploads reach the model server no larger than needed."""
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+from PIL import Image
+
+from components import records, schema
+from gateway.__main__ import server
+from gateway.app import GatewayConfig
+from gateway.uploads import read_image, transport_side
+from serving import repository
+from serving.server import Server, free_port
+
+NAME = "ultrasound-resnet50-unfrozen"
+
+
+def _get(url: str, timeout: float = 5.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_healthz_answers_while_64_slow_clients_trickle_uploads(tmp_path):
+    """With gunicorn's 2 workers x 8 threads, 16 such clients froze /healthz for over 50 s."""
+    _, http = server(GatewayConfig(tmp_path, f"127.0.0.1:{free_port()}"), "127.0.0.1", 0, threads=4)
+    threading.Thread(target=http.run, daemon=True).start()
+    port = http.effective_port
+    slow = []
+    try:
+        for _ in range(64):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(f"POST /api/v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      "Content-Length: 1000000\r\n\r\n".encode() + b"\x89PNG")
+            slow.append(s)
+        stop = threading.Event()
+
+        def trickle():
+            while not stop.wait(0.2):
+                for s in slow:
+                    try:
+                        s.send(b"\x00")
+                    except OSError:
+                        pass
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.0)
+        latencies = []
+        for _ in range(10):
+            started = time.monotonic()
+            status, _, body = _get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            latencies.append(time.monotonic() - started)
+            assert status == 200 and json.loads(body)["status"] == "ok"
+        stop.set()
+        assert max(latencies) < 1.0, latencies
+    finally:
+        for s in slow:
+            s.close()
+        http.close()
+
+
+def test_a_large_upload_reaches_the_model_server_no_larger_than_needed(tmp_path):
+    from flask import Flask, request
+
+    big = io.BytesIO()
+    ramp = np.linspace(0, 255, 3000, dtype=np.uint8)
+    Image.fromarray(np.stack([np.tile(ramp, (1500, 1))] * 3, axis=-1)).save(big, "PNG")
+    small = io.BytesIO()
+    Image.fromarray(np.full((300, 200), 90, np.uint8)).save(small, "PNG")
+    app = Flask(__name__)
+    for data, expected in [(big.getvalue(), (1024, 512)), (small.getvalue(), (200, 300))]:
+        with app.test_request_context("/", method="POST", data={"image": (io.BytesIO(data), "x.png")},
+                                      content_type="multipart/form-data"):
+            png = read_image(request, 10 << 20, 40_000_000, model_size=64)
+        assert Image.open(io.BytesIO(png)).size == expected
+    assert transport_side(224) == 1024 and transport_side(512) == 2048
+
+
+def test_sigterm_turns_readyz_to_503_answers_until_drained_then_exits(pipeline_outputs, sample_splits, tmp_path):
+    root = tmp_path / "repo"
+    repository.push(pipeline_outputs[NAME] / "saved_model", root)
+    model_server = Server(root, port=0, poll_seconds=1.0)
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--model-repo", str(root), "--serving",
+                                f"127.0.0.1:{model_server.port}", "--port", str(port), "--drain-delay", "2",
+                                "--drain-timeout", "10"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    raw = sample_splits["ultrasound"].parent / "splits" / "test"
+    png = schema.deserialize(next(records.read_records(raw))).image_png
+
+    def predict():
+        body = json.dumps({"image": {"b64": base64.b64encode(png).decode()}}).encode()
+        req = urllib.request.Request(f"{url}/api/v1/models/{NAME}:predict", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if _get(f"{url}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert _get(f"{url}/readyz")[0] == 200
+        gateway.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        status, headers, _ = _get(f"{url}/readyz")
+        assert status == 503 and headers.get("Retry-After")
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:       # still answering while draining
+            assert list(pool.map(lambda _: predict(), range(8))) == [200] * 8
+        assert gateway.wait(timeout=30) == 0
+        assert "gateway stopped" in gateway.stdout.read()
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        model_server.stop()
+
+
+def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipeline_outputs, sample_splits, tmp_path):
+    """A newer version that failed to load must not lend its card to the version still serving."""
+    import shutil
+
+    from gateway.app import create_app
+    from serving.client import ServingClient
+
+    root = tmp_path / "repo"
+    repository.push(pipeline_outputs[NAME] / "saved_model", root)
+    broken = tmp_path / "broken"
+    shutil.copytree(pipeline_outputs[NAME] / "saved_model", broken)
+    card = json.loads((broken / repository.CARD).read_text())
+    (broken / repository.CARD).write_text(json.dumps({**card, "threshold": 0.123, "note": "broken"}))
+    (broken / "saved_model.pb").write_bytes((broken / "saved_model.pb").read_bytes()[:500])
+    model_server = Server(root, port=0, poll_seconds=0.2)
+    client = ServingClient(f"127.0.0.1:{model_server.port}")
+    try:
+        assert repository.push(broken, root).version == 2
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (2, "END") not in client.status(NAME):
+            time.sleep(0.2)
+        app = create_app(GatewayConfig(root, f"127.0.0.1:{model_server.port}")).test_client()
+        assert app.get("/readyz").status_code == 200
+        (listed,) = app.get("/api/v1/models").json["models"]
+        assert listed["version"] == 1 and listed["threshold"] == card["threshold"]
+        raw = sample_splits["ultrasound"].parent / "splits" / "test"
+        png = schema.deserialize(next(records.read_records(raw))).image_png
+        answer = app.post(f"/api/v1/models/{NAME}:predict", json={"image": {"b64": base64.b64encode(png).decode()}})
+        assert answer.status_code == 200 and answer.json["version"] == 1
+        assert b"0.123" not in app.get(f"/models/{NAME}").data
+    finally:
+        client.close()
+        model_server.stop()
