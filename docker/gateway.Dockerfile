@@ -1,5 +1,7 @@
-# Gateway: Flask app under gunicorn. It talks to TensorFlow Serving over gRPC and reads model
-# cards from the model repository (mounted read-only at /models).
+# Gateway: the Flask app on waitress (python -m gateway). It talks to TensorFlow Serving over
+# gRPC with TF Serving's own messages (serving/tensorflow_serving.binpb) and reads model cards
+# from the model repository (mounted read-only at /models). It needs no TensorFlow: only the
+# gateway's slice of the lock (requirements-gateway.txt) is installed.
 FROM python:3.11.7-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,19 +9,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MODEL_REPO=/models \
-    SERVING_ADDRESS=tf-serving:8500
+    SERVING_ADDRESS=tf-serving:8500 \
+    MPLCONFIGDIR=/tmp/matplotlib
 
 WORKDIR /app
-COPY requirements.txt ./
-RUN python -m pip install --no-cache-dir -r requirements.txt
+COPY requirements-gateway.txt ./
+RUN python -m pip install --no-cache-dir -r requirements-gateway.txt
 
 COPY setup.py ./
 COPY components/ components/
 COPY serving/ serving/
 COPY gateway/ gateway/
-COPY pipelines/ pipelines/
 RUN python -m pip install --no-cache-dir --no-deps .
 
 USER 1000
 EXPOSE 8080
-CMD ["gunicorn", "--bind", "0.0.0.0:8080", "--workers", "2", "--threads", "8", "--timeout", "30", "gateway.wsgi:app"]
+# SIGTERM: /readyz answers 503 for --drain-delay seconds, requests in flight finish, then exit
+# (the pod's terminationGracePeriodSeconds covers both).
+CMD ["python", "-m", "gateway", "--host", "0.0.0.0", "--port", "8080", "--threads", "8", \
+     "--connection-limit", "256", "--drain-delay", "5", "--drain-timeout", "25"]

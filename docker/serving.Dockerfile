@@ -4,6 +4,9 @@
 # on one machine.
 FROM tensorflow/serving:2.16.1
 
+# Not root: the repository is published world-readable (files 0644, folders 0755), so any uid
+# can read it; the pod also sets runAsNonRoot and a read-only root filesystem.
+USER 65532:65532
 EXPOSE 8500 8501
 # The image's entrypoint starts tensorflow_model_server and appends these arguments.
 CMD ["--port=8500", "--rest_api_port=8501", \

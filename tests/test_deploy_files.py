@@ -1,4 +1,5 @@
 """Container images and Kubernetes manifests, checked offline (no Docker engine, no cluster)."""
+import json
 import shutil
 import subprocess
 import sys
@@ -49,3 +50,32 @@ def test_model_server_reads_the_repository_this_product_writes():
     assert container["readinessProbe"] and container["resources"]["requests"]
     gateway = yaml.safe_load((ROOT / "k8s" / "gateway-deployment.yaml").read_text())["spec"]["template"]["spec"]
     assert gateway["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_pods_run_hardened_and_only_the_gateway_reaches_the_model_server():
+    kustomization = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())
+    docs = [yaml.safe_load((ROOT / "k8s" / r).read_text()) for r in kustomization["resources"]]
+    for name in ("tf-serving", "gateway"):
+        pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        container = pod["containers"][0]["securityContext"]
+        assert container == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                             "capabilities": {"drop": ["ALL"]}}
+        probe = pod["containers"][0]["readinessProbe"]
+        assert "resnet50" not in json.dumps(probe) and "histopathology" not in json.dumps(probe)   # no model's name
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "tf-serving"}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}]
+    assert "USER 65532" in (ROOT / "docker" / "serving.Dockerfile").read_text()
+
+
+def test_the_gateway_image_installs_the_gateway_slice_of_the_lock():
+    """requirements-gateway.txt pins exactly what requirements.txt pins, and no TensorFlow."""
+    lock = {line.split("==")[0].lower(): line for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if "==" in line}
+    gateway = [line for line in (ROOT / "requirements-gateway.txt").read_text().splitlines()
+               if line and not line.startswith("#")]
+    assert all(lock.get(line.split("==")[0].lower()) == line for line in gateway), "re-pin requirements-gateway.txt"
+    assert not {line.split("==")[0].lower() for line in gateway} & {"tensorflow", "keras", "scipy", "scikit-learn"}
+    assert "requirements-gateway.txt" in (ROOT / "docker" / "gateway.Dockerfile").read_text()
