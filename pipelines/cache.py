@@ -1,8 +1,9 @@
 """Step caching for local runs. kfp 2.13's local runner has no cache (on a cluster, KFP's own
 caching applies), so each step looks itself up here before working.
 
-The key is a sha256 over the step's name, the code (every source file of this package), its
-parameters and the content of its input artifacts. An entry remembers where the step's outputs
+The key is a sha256 over the step's name, the code (every source file of this package), the
+installed dependencies (every distribution and its version: the lock as it was installed, in a
+checkout or an image), its parameters and the content of its input artifacts. An entry remembers where the step's outputs
 were written and their sha256; a hit copies them into the new run only while they still hash
 to what was recorded, so an edited or deleted earlier run is a miss, never a wrong result.
 """
@@ -32,8 +33,27 @@ def code_sha256() -> str:
     return h.hexdigest()
 
 
-def step_key(step: str, params: dict, inputs: dict[str, str]) -> str:
-    described = {"step": step, "code": code_sha256(), "params": params,
+def environment_lines() -> list[str]:
+    """``name==version`` of every installed distribution, and the Python version."""
+    import importlib.metadata
+    import sys
+
+    names = {f"{d.metadata['Name'].lower().replace('_', '-')}=={d.version}" for d in importlib.metadata.distributions()}
+    return [f"python=={sys.version.split()[0]}", *sorted(names)]
+
+
+@functools.lru_cache(maxsize=1)
+def environment_sha256() -> str:
+    return hashlib.sha256("\n".join(environment_lines()).encode()).hexdigest()
+
+
+def fingerprint() -> dict[str, str]:
+    """What a result depends on besides its parameters and inputs: the code and the dependencies."""
+    return {"code": code_sha256(), "environment": environment_sha256()}
+
+
+def step_key(step: str, params: dict, inputs: dict[str, str], environment: dict[str, str] | None = None) -> str:
+    described = {"step": step, **(environment or fingerprint()), "params": params,
                  "inputs": {name: tree_sha256(path) for name, path in sorted(inputs.items())}}
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -223,3 +223,21 @@ def test_study_profiles_name_every_training_parameter_and_check_the_data_root(tm
     missing = run_cli("pipelines", "study", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
                       "--model-repo", str(tmp_path / "r"), "--profile", "cpu", check=False)
     assert missing.returncode == 2 and "busi" in missing.stderr and "ddsm" in missing.stderr
+
+
+def test_the_step_cache_key_covers_the_installed_dependency_lock():
+    """Every pin of requirements.txt that is installed is part of the key; another version of
+    any one of them gives another key (a result is never reused across a dependency change)."""
+    from pipelines import cache
+    from tests.conftest import ROOT
+
+    lines = set(cache.environment_lines())
+    pins = [line.split(";")[0].strip().lower().replace("_", "-") for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")]
+    pins = [p.split("[")[0] if "[" in p.split("==")[0] else p for p in pins]
+    assert "tensorflow==2.16.2" in lines and "keras==3.6.0" in lines
+    assert sum(p in lines for p in pins) >= 0.9 * len(pins)      # the lock, as installed
+    same = cache.fingerprint()
+    changed = {**same, "environment": cache.hashlib.sha256(b"keras==3.6.1").hexdigest()}
+    args = ("train", {"epochs": 1}, {})
+    assert cache.step_key(*args, same) == cache.step_key(*args) != cache.step_key(*args, changed)
