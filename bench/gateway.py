@@ -1,8 +1,13 @@
-"""Gateway latency and throughput at 224 px, measured side by side in one run:
+"""Gateway latency, throughput, memory and image size at 224 px, measured side by side in one run:
 
-- direct: an in-process call of the SavedModel's serving signature on one PNG (the floor);
-- single: the same image through gunicorn -> gateway -> gRPC -> model server (separate
-  processes, as deployed), per backbone; overhead = gateway p50 / direct p50 - 1 (target <= 10 %);
+- direct: the same PNG by gRPC Predict straight to the model server (a separate process);
+- single: through waitress -> gateway -> gRPC -> model server (separate processes, as
+  deployed), per backbone, alternating with the direct call; overhead = gateway p50 - direct
+  p50 (target <= 3 ms);
+- memory: the idle gateway process's resident size, beside the same gateway importing
+  TensorFlow as it did before (target < 200 MB);
+- image size: what the gateway image installs (requirements-gateway.txt) against the full lock
+  it installed before, from the installed files' sizes (target: at least 1 GB smaller);
 - compare: a cohort's three backbones through the gateway, against the slowest backbone's
   single p50 (target <= 1.25x; the report's sequential compare costs the sum);
 - throughput with 1, 4 and 16 concurrent clients, server batching on and off, against the
@@ -77,6 +82,49 @@ def post(url: str, body: bytes) -> float:
     return time.perf_counter() - start
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def installed_mb(requirements: Path) -> float:
+    """Installed size of the pinned distributions of a requirements file, in this environment."""
+    import importlib.metadata
+
+    total = 0
+    for line in requirements.read_text().splitlines():
+        if "==" not in line or line.startswith("#"):
+            continue
+        try:
+            dist = importlib.metadata.distribution(line.split("==")[0].split("[")[0])
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for f in dist.files or []:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                total += path.stat().st_size
+    return total / 1e6
+
+
+def idle_memory(repo: Path) -> tuple[float, float]:
+    """RSS (MB) of an idle gateway process, and of one that also imports TensorFlow (as before)."""
+    figures = []
+    for extra in ("", "import tensorflow; "):
+        code = f"{extra}import gateway.wsgi, time; print('up', flush=True); time.sleep(60)"
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "MODEL_REPO": str(repo)})
+        try:
+            proc.stdout.readline()
+            time.sleep(1.0)
+            figures.append(rss_mb(proc.pid))
+        finally:
+            proc.kill()
+            proc.wait()
+    return figures[0], figures[1]
+
+
 def percentiles(times) -> tuple[float, float]:
     return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 99) * 1000)
 
@@ -87,14 +135,13 @@ def start_stack(repo: Path, batching: bool) -> tuple[list[subprocess.Popen], str
     server = subprocess.Popen([sys.executable, "-m", "serving", "serve", "--model-repo", str(repo), "--port",
                                str(grpc_port)] + ([] if batching else ["--no-batching"]), cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    gateway = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{http_port}",
-                                "--workers", "1", "--threads", "24", "gateway.wsgi:app"], cwd=ROOT,
-                               env={**env, "MODEL_REPO": str(repo), "SERVING_ADDRESS": f"127.0.0.1:{grpc_port}",
-                                    "PREDICT_DEADLINE_S": "120"},
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--model-repo", str(repo), "--serving",
+                                f"127.0.0.1:{grpc_port}", "--port", str(http_port), "--threads", "24",
+                                "--deadline", "120"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{http_port}"
     wait_http(url + "/readyz")
-    return [server, gateway], url
+    return [server, gateway], url, f"127.0.0.1:{grpc_port}"
 
 
 def main(argv: list[str]) -> int:
@@ -107,6 +154,7 @@ def main(argv: list[str]) -> int:
 
     from components import catalog
     from serving import repository
+    from serving.client import ServingClient
 
     n, size = args.requests, args.image_size
     buf = io.BytesIO()
@@ -136,16 +184,27 @@ def main(argv: list[str]) -> int:
         tf.keras.backend.clear_session()
 
         print(f"gateway benchmark, {size} px, {n} requests per figure, {os.cpu_count()} CPU cores")
-        results = {}
+        memory = idle_memory(repo)
+        results, grpc_direct = {}, {}
         for batching in (True, False):
-            procs, url = start_stack(repo, batching)
+            procs, url, target = start_stack(repo, batching)
+            client = ServingClient(target, deadline_s=120)
             try:
                 single = {}
                 for backbone in catalog.BACKBONES:
                     name = catalog.model_name(MODALITY, backbone, STRATEGY)
                     for _ in range(3):
                         post(f"{url}/api/v1/models/{name}:predict", body)
-                    single[backbone] = percentiles([post(f"{url}/api/v1/models/{name}:predict", body) for _ in range(n)])
+                        client.predict(name, png)
+                    through, straight = [], []
+                    for _ in range(n):              # alternate, so both see the same machine state
+                        through.append(post(f"{url}/api/v1/models/{name}:predict", body))
+                        t = time.perf_counter()
+                        client.predict(name, png)
+                        straight.append(time.perf_counter() - t)
+                    single[backbone] = percentiles(through)
+                    if batching:
+                        grpc_direct[backbone] = percentiles(straight)
                 compare = percentiles([post(f"{url}/api/v1/cohorts/{MODALITY}/{STRATEGY}:compare", body) for _ in range(n)])
                 name = catalog.model_name(MODALITY, "resnet50", STRATEGY)
                 throughput = {}
@@ -157,17 +216,24 @@ def main(argv: list[str]) -> int:
                     throughput[clients] = total / (time.perf_counter() - t)
                 results[batching] = (single, compare, throughput)
             finally:
+                client.close()
                 for p in procs:
                     p.terminate()
                     p.wait(30)
 
     single, compare, throughput = results[True]
-    print("\nsingle-model latency (batching on)      direct p50/p99      gateway p50/p99    overhead")
+    print("\nsingle-model latency (batching on)   direct gRPC p50/p99    gateway p50/p99     overhead p50")
     for backbone in catalog.BACKBONES:
-        (d50, d99), _ = direct[backbone]
+        d50, d99 = grpc_direct[backbone]
         g50, g99 = single[backbone]
-        print(f"  {backbone:<12} {d50:9.1f} / {d99:7.1f} ms   {g50:9.1f} / {g99:7.1f} ms   {100 * (g50 / d50 - 1):6.1f} %"
-              "  (target <= 10 %)")
+        print(f"  {backbone:<12} {d50:9.1f} / {d99:7.1f} ms   {g50:9.1f} / {g99:7.1f} ms   {g50 - d50:+6.1f} ms"
+              "  (target <= 3 ms)")
+    lean, with_tf = memory
+    print(f"\nidle gateway process: {lean:.0f} MB resident; the same importing TensorFlow (as before) "
+          f"{with_tf:.0f} MB, {with_tf - lean:.0f} MB more (target < 200 MB)")
+    full, thin = installed_mb(ROOT / "requirements.txt"), installed_mb(ROOT / "requirements-gateway.txt")
+    print(f"gateway image packages: {thin:.0f} MB installed (requirements-gateway.txt) against {full:.0f} MB "
+          f"for the full lock it installed before: {(full - thin) / 1000:.2f} GB smaller (target >= 1 GB)")
     slowest = max(single.values())[0]
     total = sum(v[0] for v in single.values())
     print(f"\ncompare (3 backbones in parallel): p50 {compare[0]:.1f} ms, p99 {compare[1]:.1f} ms; "
