@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 STUDY_DIR ?= study-output
 STUDY_ARGS ?=
 
-.PHONY: install demo test bench study lock clean
+.PHONY: install demo test bench study loadtest lock clean
 
 install: $(STAMP)
 
@@ -34,6 +34,17 @@ study: install
 	PYTHONUNBUFFERED=1 $(PY) -m pipelines study --data ../shared/datasets --work-dir $(STUDY_DIR)/work \
 	  --model-repo $(STUDY_DIR)/model-repository --profile cpu $(STUDY_ARGS)
 
+# Locust under load with roll-outs, an outage and a drain (a benchmark, not CI). Locust has its
+# own environment (.venv-loadtest, from requirements-loadtest.txt): its gevent stack stays out of the lock.
+LOADTEST_ARGS ?=
+loadtest: install .venv-loadtest/.installed
+	PYTHONUNBUFFERED=1 $(PY) -m bench.loadtest $(LOADTEST_ARGS)
+
+.venv-loadtest/.installed: requirements-loadtest.txt
+	test -x .venv-loadtest/bin/python || $(PYTHON) -m venv .venv-loadtest
+	.venv-loadtest/bin/pip install --quiet -r requirements-loadtest.txt
+	touch $@
+
 bench: install
 	$(PY) -m bench
 
@@ -46,4 +57,4 @@ lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(DEMO_DIR) $(STUDY_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(STUDY_DIR) loadtest-output .pytest_cache
