@@ -21,7 +21,6 @@ import argparse
 import base64
 import concurrent.futures
 import csv
-import io
 import json
 import os
 import shutil
@@ -29,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
