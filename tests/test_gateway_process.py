@@ -170,3 +170,40 @@ def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipel
     finally:
         client.close()
         model_server.stop()
+
+
+def test_concurrent_uploads_decode_at_most_max_decodes_at_once(tmp_path):
+    """Eight large uploads at once: only ``max_decodes`` of them hold decoded pixels at a time."""
+    from components import images
+    from gateway.app import create_app
+
+    big = io.BytesIO()
+    Image.fromarray(np.zeros((2000, 2000, 3), np.uint8)).save(big, "PNG")
+    body = {"image": {"b64": base64.b64encode(big.getvalue()).decode()}}
+    app = create_app(GatewayConfig(tmp_path, f"127.0.0.1:{free_port()}", max_decodes=2))
+    state = app.extensions["gateway"]
+    active, peak, lock = [0], [0], threading.Lock()
+    decode = images.decode
+
+    def observed(data, max_pixels):          # the real decode, counted
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.05)
+            return decode(data, max_pixels)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    images.decode = observed
+    try:
+        def upload(_):
+            with app.test_request_context("/", method="POST", json=body):
+                from flask import request
+                return len(state.read_upload(request, 64))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            sizes = list(pool.map(upload, range(8)))
+    finally:
+        images.decode = decode
+    assert peak[0] == 2 and len(set(sizes)) == 1
