@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-path", help="repository path as the server sees it (e.g. /models on the cluster)")
     s = sub.add_parser("serve", help="the embedded TF-Serving-compatible gRPC server")
     s.add_argument("--model-repo", required=True)
-    s.add_argument("--port", type=int, default=8500)
+    s.add_argument("--port", type=int, default=8500, help="gRPC port (tensorflow_model_server --port)")
+    s.add_argument("--rest-port", type=int, help="TF Serving REST API port (tensorflow_model_server --rest_api_port)")
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 in a container)")
     s.add_argument("--poll-seconds", type=float, default=2.0)
     s.add_argument("--no-batching", action="store_true")
@@ -47,10 +48,12 @@ def _run(args, _):
         from serving.server import Server
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        server = Server(args.model_repo, args.port, args.host, args.poll_seconds, not args.no_batching)
+        server = Server(args.model_repo, args.port, args.host, args.poll_seconds, not args.no_batching,
+                        rest_port=args.rest_port)
         loaded = {name: sorted(v) for name, v in server.store.loaded.items()}
-        print(f"serving {len(loaded)} model(s) on {args.host}:{server.port} (TensorFlow Serving gRPC API): {loaded}",
-              flush=True)
+        rest = f", REST API on {args.host}:{server.rest_port}" if server.rest_port else ""
+        print(f"serving {len(loaded)} model(s) on {args.host}:{server.port} (TensorFlow Serving gRPC API{rest}): "
+              f"{loaded}", flush=True)
         server.wait()
 
 

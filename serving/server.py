@@ -1,7 +1,7 @@
 """An embedded model server that speaks TensorFlow Serving's gRPC API, for one machine.
 
 ``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) and ``ModelService``
-(GetModelStatus) with TF Serving's status codes: NOT_FOUND for an unknown model, version or
+(GetModelStatus), and with ``rest_port`` TF Serving's REST API (``serving.rest``), with TF Serving's status codes: NOT_FOUND for an unknown model, version or
 label, INVALID_ARGUMENT for bad input. It serves the versions ``models.config`` names (or the
 newest of each model when there is none), loads and warms every one at start (replaying
 ``assets.extra/tf_serving_warmup_requests`` as TF Serving does), polls the repository for new
@@ -9,7 +9,7 @@ versions, and batches concurrent requests to the same model (``batching.config``
 size, timeout). The gateway cannot tell it from the real server; on a cluster the official
 ``tensorflow/serving`` image reads the same repository.
 
-    python -m serving serve --model-repo DIR --port 8500
+    python -m serving serve --model-repo DIR --port 8500 [--rest-port 8501]
 """
 from __future__ import annotations
 
@@ -282,6 +282,57 @@ class ModelStore:
                  for (n, v), f in list(self.failures.items()) if n == name]
         return sorted(rows)
 
+    def predict(self, model_spec, inputs: dict[str, np.ndarray]) -> tuple[LoadedVersion, str, dict[str, np.ndarray]]:
+        """Run one signature of the version ``model_spec`` names on 1-D batches: (version, signature
+        key, outputs). The same checks and messages for gRPC and REST, as TF Serving's."""
+        lv = self.resolve(model_spec)
+        key = model_spec.signature_name or "serving_default"
+        if key not in lv.batchers:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature key \"{key}\" not found.")
+        expected = set(lv.signature_defs[key].inputs)
+        if set(inputs) != expected:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input keys {sorted(inputs)} do not match the signature's {sorted(expected)}")
+        if any(a.ndim != 1 or a.shape[0] == 0 for a in inputs.values()):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "inputs must be non-empty 1-D batches")
+        return lv, key, lv.batchers[key](inputs)
+
+    def signature_map(self, model_spec):
+        """(version, SignatureDefMap) of the version the spec names: GetModelMetadata's content."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        lv = self.resolve(model_spec)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        for k, v in lv.signature_defs.items():
+            sig_map.signature_def[k].CopyFrom(v)
+        return lv, sig_map
+
+    def status_response(self, model_spec):
+        """GetModelStatusResponse for a model (all versions, or the one the spec names)."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        rows = self.status(model_spec.name)
+        if not rows:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {model_spec.name}")
+        which = model_spec.WhichOneof("version_choice")
+        if which == "version_label":
+            wanted = self.labels.get(model_spec.name, {}).get(model_spec.version_label)
+            if wanted is None:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Unrecognized servable version label: {model_spec.version_label}")
+        else:
+            wanted = model_spec.version.value if which == "version" else None
+        if wanted is not None:
+            rows = [r for r in rows if r[0] == wanted]
+            if not rows:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {wanted} of model {model_spec.name}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, state, error in rows:
+            status = response.model_version_status.add(version=version, state=getattr(
+                get_model_status_pb2.ModelVersionStatus, state))
+            status.status.error_code = 2 if error else 0      # tensorflow.error.UNKNOWN
+            status.status.error_message = error
+        return response
+
     def resolve(self, model_spec) -> LoadedVersion:
         with self.lock:
             versions = self.loaded.get(model_spec.name)
@@ -322,8 +373,8 @@ def _reason(message: str) -> str:
 
 def _servicers(store: ModelStore):
     import tensorflow as tf
-    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                         predict_pb2, prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import (get_model_metadata_pb2, model_service_pb2_grpc, predict_pb2,
+                                         prediction_service_pb2_grpc)
 
     def guarded(method):
         def wrapper(self, request, context):
@@ -340,18 +391,8 @@ def _servicers(store: ModelStore):
     class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
         @guarded
         def Predict(self, request, context):
-            lv = store.resolve(request.model_spec)
-            key = request.model_spec.signature_name or "serving_default"
-            if key not in lv.batchers:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature key \"{key}\" not found.")
-            expected = set(lv.signature_defs[key].inputs)
-            if set(request.inputs) != expected:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input keys {sorted(request.inputs)} do not match the signature's {sorted(expected)}")
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            if any(a.ndim != 1 or a.shape[0] == 0 for a in inputs.values()):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "inputs must be non-empty 1-D batches")
-            outputs = lv.batchers[key](inputs)
+            lv, key, outputs = store.predict(request.model_spec, inputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = lv.name
             response.model_spec.version.value = lv.version
@@ -365,34 +406,17 @@ def _servicers(store: ModelStore):
         def GetModelMetadata(self, request, context):
             if list(request.metadata_field) != ["signature_def"]:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Metadata field signature_def is the one supported")
-            lv = store.resolve(request.model_spec)
+            lv, sig_map = store.signature_map(request.model_spec)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name = lv.name
             response.model_spec.version.value = lv.version
-            sig_map = get_model_metadata_pb2.SignatureDefMap()
-            for k, v in lv.signature_defs.items():
-                sig_map.signature_def[k].CopyFrom(v)
             response.metadata["signature_def"].Pack(sig_map)
             return response
 
     class Models(model_service_pb2_grpc.ModelServiceServicer):
         @guarded
         def GetModelStatus(self, request, context):
-            spec = request.model_spec
-            rows = store.status(spec.name)
-            if not rows:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
-            if spec.WhichOneof("version_choice") == "version":
-                rows = [r for r in rows if r[0] == spec.version.value]
-                if not rows:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}")
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for version, state, error in rows:
-                status = response.model_version_status.add(version=version, state=getattr(
-                    get_model_status_pb2.ModelVersionStatus, state))
-                status.status.error_code = 2 if error else 0      # tensorflow.error.UNKNOWN
-                status.status.error_message = error
-            return response
+            return store.status_response(request.model_spec)
 
     return Prediction(), Models()
 
@@ -401,7 +425,7 @@ class Server:
     """A running embedded server: ``stop()`` ends it (the gRPC port closes)."""
 
     def __init__(self, root: str | Path, port: int = 8500, host: str = "127.0.0.1", poll_seconds: float = 2.0,
-                 batching: bool = True, workers: int = 64, retry_s: float = 2.0):
+                 batching: bool = True, workers: int = 64, retry_s: float = 2.0, rest_port: int | None = None):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.store = ModelStore(root, batching, retry_s=retry_s)
@@ -416,6 +440,15 @@ class Server:
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port} (in use?)")
         self.grpc.start()
+        self.rest, self.rest_port = None, None
+        if rest_port is not None:          # TF Serving's REST API (--rest_api_port), same store
+            from werkzeug.serving import make_server
+
+            from serving.rest import RestApp
+
+            self.rest = make_server(host, rest_port, RestApp(self.store), threaded=True)
+            self.rest_port = self.rest.server_port
+            threading.Thread(target=self.rest.serve_forever, daemon=True).start()
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, args=(poll_seconds,), daemon=True)
         self._poller.start()
@@ -429,6 +462,8 @@ class Server:
 
     def stop(self, grace: float = 0.5):
         self._stop.set()
+        if self.rest:
+            self.rest.shutdown()
         self.grpc.stop(grace).wait()
         self.store.stop()
 

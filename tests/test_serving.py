@@ -259,3 +259,61 @@ def test_the_gateway_speaks_tf_serving_protos_without_importing_tensorflow(tmp_p
     out = subprocess.run([sys.executable, "-c", code], env={"MODEL_REPO": str(tmp_path), "PATH": "/usr/bin"},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _rest(url: str, body: dict | None = None):
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_rest_api_answers_as_tf_serving_documents_it(repo, pipeline_outputs, sample_splits):
+    """Requests shaped exactly as TF Serving's REST documentation shows (api_rest.md), and the
+    same probability as the gRPC Predict on the same PNG."""
+    import base64
+
+    server = Server(repo, port=0, rest_port=0)
+    client = ServingClient(f"127.0.0.1:{server.port}", deadline_s=20)
+    base = f"http://127.0.0.1:{server.rest_port}/v1/models/{NAME}"
+    try:
+        pngs = _pngs(sample_splits, "ultrasound", 2)
+        b64 = [{"b64": base64.b64encode(p).decode()} for p in pngs]
+        status, body = _rest(base)
+        assert status == 200 and body == {"model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+        assert _rest(base + "/versions/1")[0] == 200 and _rest(base + "/labels/stable")[0] == 200
+        status, meta = _rest(base + "/metadata")
+        sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        assert status == 200 and meta["model_spec"]["version"] == "1"
+        assert sig["inputs"]["image_bytes"]["dtype"] == "DT_STRING" and set(sig["outputs"]) == {"probability", "label", "threshold"}
+
+        grpc_p = [client.predict(NAME, p).outputs["probability"][0] for p in pngs]
+        status, rows = _rest(base + ":predict", {"instances": b64})
+        assert status == 200 and [r["probability"] for r in rows["predictions"]] == pytest.approx(grpc_p, abs=1e-6)
+        assert set(rows["predictions"][0]) == {"probability", "label", "threshold"}
+        status, cols = _rest(base + "/labels/stable:predict", {"signature_name": "serving_default",
+                                                               "inputs": {"image_bytes": b64}})
+        assert status == 200 and cols["outputs"]["probability"] == pytest.approx(grpc_p, abs=1e-6)
+        status, heat = _rest(base + "/versions/1:predict", {"signature_name": "explain", "instances": b64[:1]})
+        assert status == 200 and np.array(heat["predictions"][0]["heatmap"]).shape == (32, 32)
+
+        for url, body, code, words in [
+                (f"http://127.0.0.1:{server.rest_port}/v1/models/half:predict", {"instances": b64}, 404, "Servable not found"),
+                (base + "/versions/9:predict", {"instances": b64}, 404, "Specific"),
+                (base + "/labels/canary:predict", {"instances": b64}, 404, "version label"),
+                (base + ":predict", {"instances": [{"b64": "%%%"}]}, 400, "base64"),
+                (base + ":predict", {"instances": [{"b64": base64.b64encode(b"text").decode()}]}, 400, "image"),
+                (base + ":predict", {"instances": b64, "inputs": b64}, 400, "not both"),
+                (base + ":predict", {"signature_name": "nope", "instances": b64}, 400, "not found"),
+                (base + ":predict", {}, 400, "Missing 'inputs' or 'instances'")]:
+            status, answer = _rest(url, body)
+            assert status == code and set(answer) == {"error"} and words in answer["error"], (url, body, answer)
+    finally:
+        client.close()
+        server.stop()
