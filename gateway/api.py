@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from gateway import errors, openapi, service
 from gateway.state import current
-from serving.client import ServingRejected, ServingUnavailable
+from serving.client import ServingUnavailable
 
 blueprint = Blueprint("api", __name__)
 
@@ -88,28 +88,14 @@ def healthz():
 @blueprint.get("/readyz")
 def readyz():
     p = current()
-    if p.draining.is_set():
-        return error(503, "the gateway is shutting down", {"Retry-After": str(errors.RETRY_AFTER_S)})
-    names = sorted(p.deployed.cards())
-    if not names:
-        return error(503, "no model is deployed in the model repository")
     try:
-        missing = []
-        for name in names:
-            available = [v for v, state in p.client.status(name) if state == "AVAILABLE"]
-            if available:
-                p.deployed.note_served(name, max(available))      # the version "latest" answers with
-            else:
-                missing.append(name)
+        reason = service.not_ready(p)
     except ServingUnavailable as e:
         log.warning("readiness: model server unavailable: %s", e)
-        return error(503, "model server unavailable")
-    except ServingRejected as e:
-        log.warning("readiness: model server refused the status call: %s", e)
-        return error(503, "the model server refused the status call")
-    if missing:
-        return error(503, f"not yet available on the model server: {', '.join(missing)}")
-    return jsonify({"status": "ready", "models": len(names)})
+        reason = "model server unavailable"
+    if reason:
+        return error(503, reason, {"Retry-After": str(errors.RETRY_AFTER_S)})
+    return jsonify({"status": "ready", "models": len(p.deployed.cards())})
 
 
 @blueprint.get("/metrics")

@@ -28,7 +28,7 @@ SECURITY_HEADERS = {
 
 
 def create_app(config: GatewayConfig) -> Flask:
-    from gateway import api, pages
+    from gateway import api, pages, v2
 
     app = Flask(__name__)
     app.request_class = InMemoryRequest
@@ -36,6 +36,7 @@ def create_app(config: GatewayConfig) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_upload_bytes * 1.4) + 64 * 1024
     shared = state.init_app(app, config)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(v2.blueprint)
     app.register_blueprint(pages.blueprint)
 
     @app.before_request

@@ -47,6 +47,29 @@ def compare(client: ServingClient, deployed: Deployed, names: list[str], png: by
                                              "unanimous": bool(labels) and agree == len(labels)}}
 
 
+def not_ready(state) -> str | None:
+    """Why the gateway cannot serve every deployed model now, or None when it can (the
+    readiness of /readyz and /v2/health/ready). Notes each model's served version on the way.
+    Raises ServingUnavailable when the model server does not answer."""
+    if state.draining.is_set():
+        return "the gateway is shutting down"
+    names = sorted(state.deployed.cards())
+    if not names:
+        return "no model is deployed in the model repository"
+    missing = []
+    for name in names:
+        try:
+            rows = state.client.status(name)
+        except ServingRejected:          # NOT_FOUND: no version of it is loaded (yet)
+            rows = []
+        available = [v for v, s in rows if s == "AVAILABLE"]
+        if available:
+            state.deployed.note_served(name, max(available))      # the version "latest" answers with
+        else:
+            missing.append(name)
+    return f"not yet available on the model server: {', '.join(missing)}" if missing else None
+
+
 def explain_overlay(client: ServingClient, name: str, png: bytes) -> str:
     """A data: URI of the upload (at the model's input size) under its Grad-CAM heat map."""
     heat = client.predict(name, png, signature="explain").outputs["heatmap"][0]

@@ -12,7 +12,7 @@ from flask import Flask, current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.deployed import Deployed
-from gateway.uploads import read_image
+from gateway.uploads import prepare, read_image
 from serving.client import ServingClient
 
 
@@ -54,6 +54,11 @@ class GatewayState:
         decode at once, so concurrent large uploads cannot multiply the decode memory."""
         with self.decodes:
             return read_image(request, self.config.max_upload_bytes, self.config.max_pixels, model_size)
+
+    def prepare_image(self, data: bytes, model_size: int | None = None) -> bytes:
+        """As read_upload, for image bytes that came another way (the v2 protocol's tensors)."""
+        with self.decodes:
+            return prepare(data, self.config.max_upload_bytes, self.config.max_pixels, model_size)
 
     def begin(self) -> None:
         with self._idle:

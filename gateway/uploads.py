@@ -41,7 +41,11 @@ class InMemoryRequest(Request):
 def read_image(request: Request, max_bytes: int, max_pixels: int, model_size: int | None = None) -> bytes:
     """The uploaded image as 8-bit PNG bytes for a model of input ``model_size``, or UploadError
     saying what was wrong."""
-    data = _raw_bytes(request)
+    return prepare(_raw_bytes(request), max_bytes, max_pixels, model_size)
+
+
+def prepare(data: bytes, max_bytes: int, max_pixels: int, model_size: int | None = None) -> bytes:
+    """Image file bytes -> the 8-bit PNG the model server gets, or UploadError."""
     if len(data) > max_bytes:
         raise UploadError(413, f"the image is {len(data):,} bytes; the limit is {max_bytes:,}")
     try:

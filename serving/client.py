@@ -95,20 +95,32 @@ class ServingClient:
                     continue
                 raise ServingRejected(code, e.details()) from e
 
-    def _request(self, model: str, image: bytes, signature: str, version_label: str | None):
+    def _request(self, model: str, images: list[bytes], signature: str, version_label: str | None,
+                 version: int | None = None):
         request = protos.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = signature
-        if version_label:
+        if version is not None:
+            request.model_spec.version.value = version
+        elif version_label:
             request.model_spec.version_label = version_label
-        request.inputs["image_bytes"].CopyFrom(string_tensor([image]))
+        request.inputs["image_bytes"].CopyFrom(string_tensor(images))
         return request
+
+    def predict_batch(self, model: str, images: list[bytes], signature: str = "serving_default",
+                      version: int | None = None) -> Prediction:
+        """One call with a batch of images (outputs have one row per image)."""
+        deadline = time.monotonic() + self.deadline_s
+        request = self._request(model, images, signature, None, version)
+        response = self._result(self._call(self._predict, request, deadline), self._predict, request, deadline)
+        return Prediction(response.model_spec.name, response.model_spec.version.value,
+                          {k: to_numpy(v) for k, v in response.outputs.items()})
 
     def predict_many(self, models: list[str], image: bytes, signature: str = "serving_default",
                      version_label: str | None = None) -> list[Prediction | Exception]:
         """Ask every model at once (in parallel); each result is a Prediction or the error."""
         deadline = time.monotonic() + self.deadline_s
-        requests = [self._request(m, image, signature, version_label) for m in models]
+        requests = [self._request(m, [image], signature, version_label) for m in models]
         pending = [self._call(self._predict, r, deadline) for r in requests]
         results: list[Prediction | Exception] = []
         for future, request in zip(pending, requests):

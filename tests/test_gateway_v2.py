@@ -1,0 +1,116 @@
+"""The protocols clients already speak: the same PNG through the gateway's /api/v1, its Open
+Inference Protocol v2 (with the official tritonclient.http), the model server's TF Serving REST
+API and its gRPC Predict; and v2 readiness."""
+import base64
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from components import records, schema
+from gateway.__main__ import server as gateway_server
+from gateway.app import GatewayConfig
+from serving import repository
+from serving.client import ServingClient
+from serving.server import Server
+
+NAME = "ultrasound-resnet50-unfrozen"
+
+
+@pytest.fixture(scope="module")
+def live(pipeline_outputs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("v2-repo")
+    for name in ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultrasound-densenet121-unfrozen"):
+        repository.push(pipeline_outputs[name] / "saved_model", root)
+    model_server = Server(root, port=0, rest_port=0, poll_seconds=3600)
+    _, http = gateway_server(GatewayConfig(root, f"127.0.0.1:{model_server.port}", deadline_s=20), "127.0.0.1", 0)
+    threading.Thread(target=http.run, daemon=True).start()
+    yield {"root": root, "server": model_server, "url": f"127.0.0.1:{http.effective_port}"}
+    http.close()
+    model_server.stop()
+
+
+@pytest.fixture(scope="module")
+def png(sample_splits):
+    raw = sample_splits["ultrasound"].parent / "splits" / "test"
+    return [schema.deserialize(r).image_png for r in records.read_records(raw)][1]
+
+
+def _http(url: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_same_png_gives_the_same_probability_on_all_four_paths(live, png):
+    import tritonclient.http as httpclient
+
+    b64 = base64.b64encode(png).decode()
+    # 1. the gateway's own API
+    status, v1 = _http(f"http://{live['url']}/api/v1/models/{NAME}:predict", {"image": {"b64": b64}})
+    assert status == 200
+    # 2. OIP v2 through the official Triton client (BYTES input as binary tensor data)
+    triton = httpclient.InferenceServerClient(live["url"])
+    assert triton.is_server_live() and triton.is_server_ready() and triton.is_model_ready(NAME)
+    metadata = triton.get_model_metadata(NAME)
+    assert metadata["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
+    image = httpclient.InferInput("image_bytes", [1], "BYTES")
+    image.set_data_from_numpy(np.array([png], dtype=object))
+    result = triton.infer(NAME, [image], outputs=[httpclient.InferRequestedOutput("probability"),
+                                                  httpclient.InferRequestedOutput("label", binary_data=False)])
+    v2 = float(result.as_numpy("probability")[0])
+    assert int(result.as_numpy("label")[0]) == v1["label"]
+    # ... and as JSON tensor data, base64 where binary
+    status, v2_json = _http(f"http://{live['url']}/v2/models/{NAME}/infer", {
+        "id": "r1", "inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [b64]}]})
+    assert status == 200 and v2_json["id"] == "r1" and v2_json["model_version"] == "1"
+    # 3. the model server's TF Serving REST API, as TF Serving documents it
+    rest = f"http://127.0.0.1:{live['server'].rest_port}/v1/models/{NAME}:predict"
+    status, tfs = _http(rest, {"instances": [{"b64": b64}]})
+    assert status == 200
+    # 4. its gRPC Predict
+    grpc_p = float(ServingClient(f"127.0.0.1:{live['server'].port}").predict(NAME, png).outputs["probability"][0])
+    json_p = next(o for o in v2_json["outputs"] if o["name"] == "probability")["data"][0]
+    for p in (v1["probability"], v2, json_p, tfs["predictions"][0]["probability"]):
+        assert p == pytest.approx(grpc_p, abs=1e-6)
+
+
+def test_v2_ready_waits_for_every_configured_model(live, pipeline_outputs):
+    url = f"http://{live['url']}/v2/health/ready"
+    assert _http(url)[0] == 200
+    repository.push(pipeline_outputs["mammography-resnet50-progressive"] / "saved_model", live["root"])
+    status, body = _http(url)                  # its card is deployed; the server has not loaded it
+    assert status == 503 and "mammography-resnet50-progressive" in body["error"]
+    assert _http(f"http://{live['url']}/v2/models/mammography-resnet50-progressive/ready")[0] == 503
+    live["server"].store.refresh()             # the poll, now
+    assert _http(url) == (200, {"ready": True})
+
+
+def test_v2_metadata_extensions_and_errors_follow_the_spec(live, png):
+    status, meta = _http(f"http://{live['url']}/v2")
+    assert status == 200 and {"binary_tensor_data", "bcimaging_explain", "bcimaging_compare"} <= set(meta["extensions"])
+    b64 = base64.b64encode(png).decode()
+    tensor = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [b64]}
+    status, heat = _http(f"http://{live['url']}/v2/models/{NAME}/versions/1/explain", {"inputs": [tensor]})
+    assert status == 200 and heat["outputs"][0]["shape"] == [1, 32, 32]
+    status, cohort = _http(f"http://{live['url']}/v2/cohorts/ultrasound/unfrozen/infer", {"inputs": [tensor]})
+    models = next(o for o in cohort["outputs"] if o["name"] == "model")
+    assert status == 200 and models["shape"] == [3] and cohort["parameters"]["of"] == 3
+    for path, body, code in [
+            ("/v2/models/nope/infer", {"inputs": [tensor]}, 404),
+            (f"/v2/models/{NAME}/versions/7/infer", {"inputs": [tensor]}, 404),
+            (f"/v2/models/{NAME}/infer", {"inputs": [{**tensor, "datatype": "FP32"}]}, 400),
+            (f"/v2/models/{NAME}/infer", {"inputs": [{**tensor, "data": ["***"]}]}, 400),
+            (f"/v2/models/{NAME}/infer", {"inputs": [{**tensor, "data": [base64.b64encode(b"notes").decode()]}]}, 400),
+            (f"/v2/models/{NAME}/infer", {"inputs": [{**tensor, "shape": [2]}]}, 400),
+            (f"/v2/models/{NAME}/infer", {"inputs": [tensor], "outputs": [{"name": "nope"}]}, 400),
+            (f"/v2/models/{NAME}/infer", {"nothing": True}, 400)]:
+        status, answer = _http(f"http://{live['url']}{path}", body)
+        assert status == code and list(answer) == ["error"], (path, answer)
