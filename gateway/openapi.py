@@ -1,6 +1,9 @@
-"""The OpenAPI 3 document of the JSON API, served at /api/v1/openapi.json."""
+"""The OpenAPI 3 document of every JSON operation (/api/v1, the probes, Open Inference Protocol
+v2), served at /api/v1/openapi.json, with the exact schemas of what each one answers. The test
+suite fuzzes the running gateway against it with Schemathesis."""
 from __future__ import annotations
 
+STRING = {"type": "string"}
 IMAGE_BODY = {
     "required": True,
     "content": {
@@ -10,43 +13,141 @@ IMAGE_BODY = {
             "image": {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string", "format": "byte"}}}}}},
     },
 }
-PREDICTION = {"type": "object", "properties": {
-    "model": {"type": "string"}, "version": {"type": "integer"}, "probability": {"type": "number"},
-    "label": {"type": "integer", "enum": [0, 1]}, "label_name": {"type": "string"},
-    "threshold": {"type": "number"}}}
-ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}}
+PREDICTION = {"type": "object", "additionalProperties": False,
+              "required": ["model", "version", "probability", "label", "label_name", "threshold"],
+              "properties": {"model": STRING, "version": {"type": "integer"},
+                             "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                             "label": {"type": "integer", "enum": [0, 1]}, "label_name": STRING,
+                             "threshold": {"type": "number"}}}
+MODEL_ERROR = {"type": "object", "additionalProperties": False, "required": ["model", "error"],
+               "properties": {"model": STRING, "error": STRING}}
+COMPARISON = {"type": "object", "additionalProperties": False, "required": ["modality", "strategy", "models", "agreement"],
+              "properties": {"modality": STRING, "strategy": STRING,
+                             "models": {"type": "array", "items": {"oneOf": [PREDICTION, MODEL_ERROR]}},
+                             "agreement": {"type": "object", "additionalProperties": False,
+                                           "required": ["agreeing", "of", "unanimous"],
+                                           "properties": {"agreeing": {"type": "integer"}, "of": {"type": "integer"},
+                                                          "unanimous": {"type": "boolean"}}}}}
+METRIC = {"type": "object", "properties": {"value": {"type": "number", "nullable": True},
+                                           "ci_low": {"type": "number", "nullable": True},
+                                           "ci_high": {"type": "number", "nullable": True}}}
+MODELS = {"type": "object", "additionalProperties": False, "required": ["models", "cohorts", "skipped"], "properties": {
+    "models": {"type": "array", "items": {"type": "object", "required": [
+        "name", "version", "modality", "backbone", "strategy", "label_names", "threshold", "test_metrics"], "properties": {
+        "name": STRING, "version": {"type": "integer"}, "modality": STRING, "backbone": STRING, "strategy": STRING,
+        "label_names": {"type": "array", "items": STRING, "minItems": 2, "maxItems": 2},
+        "threshold": {"type": "number"}, "test_metrics": {"type": "object", "additionalProperties": METRIC}}}},
+    "cohorts": {"type": "object", "additionalProperties": {
+        "type": "object", "additionalProperties": {"type": "array", "items": STRING}}},
+    "skipped": {"type": "array", "items": {"type": "object", "required": ["name", "reason"],
+                                           "properties": {"name": STRING, "reason": STRING}}}}}
+V1_ERROR = {"type": "object", "additionalProperties": False, "required": ["error", "status"],
+            "properties": {"error": STRING, "status": {"type": "integer"}}}
+V2_ERROR = {"type": "object", "additionalProperties": False, "required": ["error"], "properties": {"error": STRING}}
+
+TENSOR_IN = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": STRING, "datatype": STRING, "shape": {"type": "array", "items": {"type": "integer"}},
+    "parameters": {"type": "object"}, "data": {"type": "array", "items": STRING}}}
+INFER_REQUEST = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"], "properties": {
+        "id": STRING, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": TENSOR_IN, "minItems": 1, "maxItems": 1},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": STRING, "parameters": {"type": "object"}}}}}}}},
+    "description": "An OIP inference request; the input image_bytes is BYTES, shape [n], its data base64 "
+                   "strings. With the binary tensor data extension the body is the JSON header followed by "
+                   "the raw tensors (header length in Inference-Header-Content-Length)."}
+TENSOR_OUT = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": STRING, "datatype": {"type": "string", "enum": ["FP32", "INT64", "BYTES"]},
+    "shape": {"type": "array", "items": {"type": "integer"}}, "parameters": {"type": "object"},
+    "data": {"type": "array", "items": {"oneOf": [{"type": "number"}, STRING]}}}}
+INFER_RESPONSE = {"type": "object", "required": ["model_name", "outputs"], "properties": {
+    "model_name": STRING, "model_version": STRING, "id": STRING, "parameters": {"type": "object"},
+    "outputs": {"type": "array", "items": TENSOR_OUT}}}
+MODEL_METADATA = {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"], "properties": {
+    "name": STRING, "versions": {"type": "array", "items": STRING}, "platform": STRING,
+    "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "datatype", "shape"]}},
+    "outputs": {"type": "array", "items": {"type": "object", "required": ["name", "datatype", "shape"]}}}}
 
 
-def _errors(*codes):
-    text = {400: "bad image or request", 404: "unknown model or cohort", 413: "image too large",
-            415: "unsupported format", 503: "model server unavailable"}
-    return {str(c): {"description": text[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(schema: dict, *codes) -> dict:
+    text = {400: "bad image or request", 404: "unknown model, version or cohort", 413: "image too large",
+            415: "unsupported format", 502: "the model server refused the request",
+            503: "model server unavailable or busy (Retry-After)"}
+    return {str(c): _json(schema, text[c]) for c in codes}
+
+
+def _path(*names: str, integer: tuple[str, ...] = ()) -> list[dict]:
+    return [{"name": n, "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": "^[0-9]+$"} if n in integer else {"type": "string", "minLength": 1}}
+            for n in names]
+
+
+def _v2_model_operations(suffix: str, method: str, operation: dict) -> dict:
+    """The same operation on /v2/models/{name}... and /v2/models/{name}/versions/{version}..."""
+    return {f"/v2/models/{{name}}{suffix}": {method: {**operation, "parameters": _path("name")}},
+            f"/v2/models/{{name}}/versions/{{version}}{suffix}": {
+                method: {**operation, "parameters": _path("name", "version", integer=("version",))}}}
 
 
 def document() -> dict:
+    predict_errors = _errors(V1_ERROR, 400, 404, 413, 415, 502, 503)
+    infer = {"requestBody": INFER_REQUEST, "responses": {
+        "200": _json(INFER_RESPONSE, "inference response"), **_errors(V2_ERROR, 400, 404, 413, 415, 502, 503)}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "Breast-cancer imaging gateway", "version": "1.0.0",
-                 "description": "Predictions from the deployed models (TensorFlow Serving over gRPC)."},
+                 "description": "Predictions from the deployed models (TensorFlow Serving over gRPC): the "
+                                "gateway's own API (/api/v1) and KServe's Open Inference Protocol v2 (/v2)."},
         "paths": {
-            "/api/v1/models": {"get": {"summary": "Deployed models and their model cards", "responses": {
-                "200": {"description": "models", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/api/v1/models": {"get": {"summary": "Deployed models and their model cards",
+                                       "responses": {"200": _json(MODELS, "models")}}},
             "/api/v1/models/{name}:predict": {"post": {
-                "summary": "Predict with one model", "requestBody": IMAGE_BODY,
-                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "prediction", "content": {"application/json": {"schema": PREDICTION}}},
-                              **_errors(400, 404, 413, 415, 503)}}},
+                "summary": "Predict with one model", "requestBody": IMAGE_BODY, "parameters": _path("name"),
+                "responses": {"200": _json(PREDICTION, "prediction"), **predict_errors}}},
             "/api/v1/cohorts/{modality}/{strategy}:compare": {"post": {
                 "summary": "The cohort's three backbones on one image, side by side", "requestBody": IMAGE_BODY,
-                "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                               for p in ("modality", "strategy")],
-                "responses": {"200": {"description": "predictions", "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"models": {"type": "array", "items": PREDICTION},
-                                                     "agreement": {"type": "object"}}}}}},
-                              **_errors(400, 404, 413, 415, 503)}}},
-            "/healthz": {"get": {"summary": "The gateway process is alive", "responses": {"200": {"description": "ok"}}}},
-            "/readyz": {"get": {"summary": "Every deployed model is AVAILABLE on the model server",
-                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
+                "parameters": _path("modality", "strategy"),
+                "responses": {"200": _json(COMPARISON, "predictions"), **predict_errors}}},
+            "/api/v1/openapi.json": {"get": {"summary": "This document",
+                                             "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},
+            "/healthz": {"get": {"summary": "The gateway process is alive", "responses": {"200": _json(
+                {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}},
+                "alive")}}},
+            "/readyz": {"get": {"summary": "Every deployed model is AVAILABLE on the model server", "responses": {
+                "200": _json({"type": "object", "required": ["status", "models"], "properties": {
+                    "status": {"type": "string", "enum": ["ready"]}, "models": {"type": "integer"}}}, "ready"),
+                **_errors(V1_ERROR, 503)}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+                "description": "Prometheus text format", "content": {"text/plain": {"schema": STRING}}}}}},
+            "/v2": {"get": {"summary": "OIP server metadata", "responses": {"200": _json(
+                {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+                    "name": STRING, "version": STRING, "extensions": {"type": "array", "items": STRING}}},
+                "server metadata")}}},
+            "/v2/health/live": {"get": {"summary": "OIP server live", "responses": {"200": _json(
+                {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}}, "live")}}},
+            "/v2/health/ready": {"get": {"summary": "OIP server ready: every deployed model is AVAILABLE", "responses": {
+                "200": _json({"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+                             "ready"),
+                "503": _json({"type": "object", "required": ["ready", "error"], "properties": {
+                    "ready": {"type": "boolean"}, "error": STRING}}, "not ready")}}},
+            **_v2_model_operations("", "get", {"summary": "OIP model metadata", "responses": {
+                "200": _json(MODEL_METADATA, "model metadata"), **_errors(V2_ERROR, 404)}}),
+            **_v2_model_operations("/ready", "get", {"summary": "OIP model ready", "responses": {
+                "200": _json({"type": "object", "required": ["name", "ready"], "properties": {
+                    "name": STRING, "ready": {"type": "boolean"}}}, "ready"),
+                "400": _json({"type": "object", "required": ["name", "ready"], "properties": {
+                    "name": STRING, "ready": {"type": "boolean"}}}, "not ready (the spec: a 4xx means false)"),
+                **_errors(V2_ERROR, 404)}}),
+            **_v2_model_operations("/infer", "post", {"summary": "OIP inference", **infer}),
+            **_v2_model_operations("/explain", "post", {"summary": "Extension bcimaging_explain: Grad-CAM heatmap",
+                                                        **infer}),
+            "/v2/cohorts/{modality}/{strategy}/infer": {"post": {
+                "summary": "Extension bcimaging_compare: the cohort's models on one image",
+                "parameters": _path("modality", "strategy"), **infer}},
         },
     }

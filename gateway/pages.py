@@ -97,6 +97,8 @@ def picture(name, filename):
 def not_found(e):
     if request.path.startswith("/api/"):
         return {"error": f"no such endpoint: {request.path}", "status": 404}, 404
+    if request.path == "/v2" or request.path.startswith("/v2/"):
+        return {"error": f"no such endpoint: {request.path}"}, 404
     return _render("error.html", 404, error="There is no such page. Pick a modality or model from the menu.")
 
 
@@ -105,4 +107,6 @@ def too_large(e):
     message = f"The upload is larger than the limit of {current().config.max_upload_bytes:,} bytes."
     if request.path.startswith("/api/"):
         return {"error": message, "status": 413}, 413
+    if request.path.startswith("/v2/"):
+        return {"error": message}, 413
     return _render("error.html", 413, error=message)

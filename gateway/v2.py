@@ -4,7 +4,7 @@ clients of KServe, Triton and Seldon MLServer (e.g. ``tritonclient.http``) work 
     GET  /v2                                      server metadata (name, version, extensions)
     GET  /v2/health/live | /v2/health/ready       ready: 503 until every deployed model is AVAILABLE
     GET  /v2/models/<m>[/versions/<v>]            model metadata
-    GET  /v2/models/<m>[/versions/<v>]/ready
+    GET  /v2/models/<m>[/versions/<v>]/ready      200, or 400 while not ready (the spec's 4xx)
     POST /v2/models/<m>[/versions/<v>]/infer      input image_bytes (BYTES, shape [n]) -> probability
                                                   (FP32), label (INT64), threshold (FP32)
 
@@ -121,7 +121,7 @@ def model_ready(name, version=None):
     _card(name)
     available = _available(name)
     ok = bool(available) if version is None else version.isdigit() and int(version) in available
-    return _answer({"name": name, "ready": ok}, 200 if ok else 503)
+    return _answer({"name": name, "ready": ok}, 200 if ok else 400)      # the spec: 4xx means "not ready"
 
 
 def _read_request() -> tuple[dict, bytes]:
@@ -195,7 +195,8 @@ def _respond(parsed: dict, name: str, version: str | None, outputs: dict[str, tu
              parameters: dict | None = None) -> Response:
     """The inference response, each output as JSON data or binary as the request asked."""
     requested = parsed.get("outputs")
-    if requested is not None and (not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested)):
+    if requested is not None and (not isinstance(requested, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested)):
         raise BadRequest("outputs must be a list of objects with a name")
     wanted = {o.get("name"): o.get("parameters") or {} for o in requested} if requested else {k: {} for k in outputs}
     unknown = [n for n in wanted if n not in outputs]

@@ -88,7 +88,7 @@ def test_v2_ready_waits_for_every_configured_model(live, pipeline_outputs):
     repository.push(pipeline_outputs["mammography-resnet50-progressive"] / "saved_model", live["root"])
     status, body = _http(url)                  # its card is deployed; the server has not loaded it
     assert status == 503 and "mammography-resnet50-progressive" in body["error"]
-    assert _http(f"http://{live['url']}/v2/models/mammography-resnet50-progressive/ready")[0] == 503
+    assert _http(f"http://{live['url']}/v2/models/mammography-resnet50-progressive/ready")[0] == 400
     live["server"].store.refresh()             # the poll, now
     assert _http(url) == (200, {"ready": True})
 

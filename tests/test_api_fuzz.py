@@ -1,0 +1,43 @@
+"""Schemathesis fuzzes the running gateway (waitress, real model server over gRPC) against its
+own OpenAPI document: no 5xx, only documented status codes, answers that match their schemas,
+and invalid requests rejected. Bounded to about two minutes."""
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.__main__ import server as gateway_server
+from gateway.app import GatewayConfig
+from serving import repository
+from serving.server import Server
+from tests.conftest import ARTIFACTS
+
+CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,negative_data_rejection"
+
+
+@pytest.fixture(scope="module")
+def gateway_url(pipeline_outputs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz-repo")
+    for name in ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultrasound-densenet121-unfrozen"):
+        repository.push(pipeline_outputs[name] / "saved_model", root)
+    model_server = Server(root, port=0)
+    _, http = gateway_server(GatewayConfig(root, f"127.0.0.1:{model_server.port}", deadline_s=20), "127.0.0.1", 0)
+    threading.Thread(target=http.run, daemon=True).start()
+    yield f"http://127.0.0.1:{http.effective_port}"
+    http.close()
+    model_server.stop()
+
+
+def test_schemathesis_finds_nothing_against_the_openapi_document(gateway_url):
+    st = Path(sys.executable).parent / "st"
+    report = ARTIFACTS / "schemathesis"
+    shutil.rmtree(report, ignore_errors=True)
+    proc = subprocess.run([str(st), "run", f"{gateway_url}/api/v1/openapi.json", "--checks", CHECKS,
+                           "--max-examples", "30", "--max-time", "75", "--seed", "20261124", "--workers", "1",
+                           "--generation-database", "none", "--no-color", "--report", "junit",
+                           "--report-dir", str(report)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
+    assert "No issues found" in proc.stdout or "passed" in proc.stdout.lower(), proc.stdout[-3000:]
