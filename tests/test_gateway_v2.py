@@ -75,8 +75,20 @@ def test_the_same_png_gives_the_same_probability_on_all_four_paths(live, png):
     rest = f"http://127.0.0.1:{live['server'].rest_port}/v1/models/{NAME}:predict"
     status, tfs = _http(rest, {"instances": [{"b64": b64}]})
     assert status == 200
-    # 4. its gRPC Predict
-    grpc_p = float(ServingClient(f"127.0.0.1:{live['server'].port}").predict(NAME, png).outputs["probability"][0])
+    # 4. its gRPC Predict, with tensorflow-serving-api's own stubs as TF Serving's client examples use them
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = NAME
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([png]))
+    with grpc.insecure_channel(f"127.0.0.1:{live['server'].port}") as channel:
+        answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    grpc_p = float(tf.make_ndarray(answer.outputs["probability"])[0])
+    thin = ServingClient(f"127.0.0.1:{live['server'].port}").predict(NAME, png)      # the gateway's own stubs
+    assert float(thin.outputs["probability"][0]) == pytest.approx(grpc_p, abs=1e-6)
     json_p = next(o for o in v2_json["outputs"] if o["name"] == "probability")["data"][0]
     for p in (v1["probability"], v2, json_p, tfs["predictions"][0]["probability"]):
         assert p == pytest.approx(grpc_p, abs=1e-6)
