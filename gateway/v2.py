@@ -232,16 +232,22 @@ def _respond(parsed: dict, name: str, version: str | None, outputs: dict[str, tu
                     headers={HEADER_LENGTH: str(len(header))})
 
 
-@blueprint.post("/models/<name>/infer")
-@blueprint.post("/models/<name>/versions/<version>/infer")
-def infer(name, version=None):
+def _predict(name: str, version: str | None, signature: str = "serving_default"):
+    """(parsed request, Prediction) of one model on the request's images."""
     card = _card(name)
     parsed, binary = _read_request()
     images = _images(parsed, binary, card["image_size"])
     state = current()
-    prediction = state.client.predict_batch(name, images, version=_check_version(name, version))
+    prediction = state.client.predict_batch(name, images, signature=signature, version=_check_version(name, version))
     state.deployed.note_served(name, prediction.version)
     state.metrics.predictions.labels(name).inc(len(images))
+    return parsed, prediction
+
+
+@blueprint.post("/models/<name>/infer")
+@blueprint.post("/models/<name>/versions/<version>/infer")
+def infer(name, version=None):
+    parsed, prediction = _predict(name, version)
     outputs = {k: (t, prediction.outputs[k]) for k, t in OUTPUTS.items()}
     return _respond(parsed, name, str(prediction.version), outputs)
 
@@ -249,11 +255,7 @@ def infer(name, version=None):
 @blueprint.post("/models/<name>/explain")
 @blueprint.post("/models/<name>/versions/<version>/explain")
 def explain(name, version=None):
-    card = _card(name)
-    parsed, binary = _read_request()
-    images = _images(parsed, binary, card["image_size"])
-    prediction = current().client.predict_batch(name, images, signature="explain",
-                                                version=_check_version(name, version))
+    parsed, prediction = _predict(name, version, signature="explain")
     return _respond(parsed, name, str(prediction.version), {"heatmap": ("FP32", prediction.outputs["heatmap"])})
 
 

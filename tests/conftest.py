@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,29 @@ def pipeline_outputs(sample_splits, tmp_path_factory):
 
         keras.backend.clear_session()
     return outputs
+
+
+ULTRASOUND_UNFROZEN = ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultrasound-densenet121-unfrozen")
+
+
+@contextlib.contextmanager
+def live_gateway(pipeline_outputs, root: Path, **server_options):
+    """The ultrasound cohort pushed to ``root``, the model server over gRPC and the gateway on
+    waitress, both on loopback: yields (model server, gateway host:port)."""
+    import threading
+
+    from gateway.__main__ import server as gateway_server
+    from gateway.app import GatewayConfig
+    from serving import repository
+    from serving.server import Server
+
+    for name in ULTRASOUND_UNFROZEN:
+        repository.push(pipeline_outputs[name] / "saved_model", root)
+    model_server = Server(root, port=0, **server_options)
+    _, http = gateway_server(GatewayConfig(root, f"127.0.0.1:{model_server.port}", deadline_s=20), "127.0.0.1", 0)
+    threading.Thread(target=http.run, daemon=True).start()
+    try:
+        yield model_server, f"127.0.0.1:{http.effective_port}"
+    finally:
+        http.close()
+        model_server.stop()

@@ -4,31 +4,19 @@ and invalid requests rejected. Bounded to about two minutes."""
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from gateway.__main__ import server as gateway_server
-from gateway.app import GatewayConfig
-from serving import repository
-from serving.server import Server
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, live_gateway
 
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,negative_data_rejection"
 
 
 @pytest.fixture(scope="module")
 def gateway_url(pipeline_outputs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz-repo")
-    for name in ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultrasound-densenet121-unfrozen"):
-        repository.push(pipeline_outputs[name] / "saved_model", root)
-    model_server = Server(root, port=0)
-    _, http = gateway_server(GatewayConfig(root, f"127.0.0.1:{model_server.port}", deadline_s=20), "127.0.0.1", 0)
-    threading.Thread(target=http.run, daemon=True).start()
-    yield f"http://127.0.0.1:{http.effective_port}"
-    http.close()
-    model_server.stop()
+    with live_gateway(pipeline_outputs, tmp_path_factory.mktemp("fuzz-repo")) as (_, address):
+        yield f"http://{address}"
 
 
 def test_schemathesis_finds_nothing_against_the_openapi_document(gateway_url):

@@ -3,7 +3,6 @@ Inference Protocol v2 (with the official tritonclient.http), the model server's 
 API and its gRPC Predict; and v2 readiness."""
 import base64
 import json
-import threading
 import urllib.error
 import urllib.request
 
@@ -11,11 +10,9 @@ import numpy as np
 import pytest
 
 from components import records, schema
-from gateway.__main__ import server as gateway_server
-from gateway.app import GatewayConfig
 from serving import repository
 from serving.client import ServingClient
-from serving.server import Server
+from tests.conftest import live_gateway
 
 NAME = "ultrasound-resnet50-unfrozen"
 
@@ -23,14 +20,8 @@ NAME = "ultrasound-resnet50-unfrozen"
 @pytest.fixture(scope="module")
 def live(pipeline_outputs, tmp_path_factory):
     root = tmp_path_factory.mktemp("v2-repo")
-    for name in ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultrasound-densenet121-unfrozen"):
-        repository.push(pipeline_outputs[name] / "saved_model", root)
-    model_server = Server(root, port=0, rest_port=0, poll_seconds=3600)
-    _, http = gateway_server(GatewayConfig(root, f"127.0.0.1:{model_server.port}", deadline_s=20), "127.0.0.1", 0)
-    threading.Thread(target=http.run, daemon=True).start()
-    yield {"root": root, "server": model_server, "url": f"127.0.0.1:{http.effective_port}"}
-    http.close()
-    model_server.stop()
+    with live_gateway(pipeline_outputs, root, rest_port=0, poll_seconds=3600) as (model_server, address):
+        yield {"root": root, "server": model_server, "url": address}
 
 
 @pytest.fixture(scope="module")
