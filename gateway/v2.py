@@ -168,6 +168,8 @@ def _bytes_elements(tensor: dict, binary: bytes, offset: int) -> tuple[list[byte
                 raise BadRequest("truncated BYTES element in the binary data")
             elements.append(raw[i + 4:i + 4 + n])
             i += 4 + n
+            if len(elements) > shape[0]:       # stop early: never build more than the shape says
+                break
         offset += size
     else:
         data = tensor.get("data")
