@@ -222,6 +222,7 @@ class ModelStore:
         self.loaded: dict[str, dict[int, LoadedVersion]] = {}
         self.labels: dict[str, dict[str, int]] = {}
         self.failures: dict[tuple[str, int], LoadFailure] = {}
+        self.closed = False              # after stop(): nothing loads again (a poll in flight)
 
     def wanted(self) -> dict[str, tuple[list[int], dict[str, int]]]:
         if (self.root / repository.MODELS_CONFIG).exists():
@@ -246,11 +247,17 @@ class ModelStore:
             return
         self.failures.pop((name, version), None)
         with self.lock:
-            self.loaded.setdefault(name, {})[version] = lv
+            if not self.closed:
+                self.loaded.setdefault(name, {})[version] = lv
+        if self.closed:                  # the server stopped while this version loaded
+            lv.stop(drain=False)
+            return
         log.info("loaded %s version %s (%d warm-up requests)", name, version, lv.warmed)
 
     def refresh(self) -> None:
         """Load versions that appeared, unload those no longer wanted (the poll)."""
+        if self.closed:
+            return
         batching = repository.read_batching(self.root)
         wanted = self.wanted()
         for name, (vers, _) in wanted.items():
@@ -355,6 +362,7 @@ class ModelStore:
     def stop(self):
         """Fail the calls still queued (the server is going away) and end every batcher."""
         with self.lock:
+            self.closed = True
             leaving = [lv for versions in self.loaded.values() for lv in versions.values()]
             self.loaded.clear()
         for lv in leaving:
@@ -462,6 +470,7 @@ class Server:
 
     def stop(self, grace: float = 0.5):
         self._stop.set()
+        self._poller.join(60.0)      # a poll in flight would otherwise load versions after the stop
         if self.rest:
             self.rest.shutdown()
         self.grpc.stop(grace).wait()
