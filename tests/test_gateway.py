@@ -95,7 +95,7 @@ def test_health_readiness_metrics_and_openapi(stack, upload):
     assert 'gateway_requests_total{endpoint="api.predict",status="200"}' in metrics
     doc = c.get("/api/v1/openapi.json").json
     assert doc["openapi"].startswith("3.")
-    routes = {r.rule for r in stack["app"].url_map.iter_rules() if r.rule.startswith(("/api/", "/healthz", "/readyz", "/metrics"))}
+    routes = {r.rule for r in stack["app"].url_map.iter_rules() if r.rule.startswith(("/api/", "/v2", "/healthz", "/readyz", "/metrics"))}
     documented = {p.replace("{", "<").replace("}", ">") for p in doc["paths"]} | {"/api/v1/openapi.json"}
     assert routes == documented
 
