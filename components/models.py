@@ -12,7 +12,9 @@ model to ImageNet's conventions and a few hundred images must train it from rand
   the signal's power at every layer: 13 layers deep, VGG16's head then sees almost nothing);
 - BatchNormalization's moving averages use momentum 0.9 instead of 0.99: a run of a few
   hundred steps otherwise validates with statistics that still remember the first batches
-  (this is what made ResNet50 from scratch answer one constant).
+  (this is what made ResNet50 from scratch answer one constant);
+- ResNet50's residual branches start at zero (the last BatchNormalization of each, gamma 0), so
+  each block starts as the identity.
 
 The backbone's layers are built flat into the model (not nested), so the unfreeze policy and
 Grad-CAM can address them by name.
@@ -44,6 +46,10 @@ BACKBONES = {
     "vgg16": BackboneSpec("VGG16", "caffe", "block5", "block5_conv3", scratch_learning_rate_scale=0.1),
     "densenet121": BackboneSpec("DenseNet121", "torch", "conv4", "relu"),
 }
+# ResNet50's last BatchNormalization in each residual branch (conv2_block1_3_bn, ...): from
+# scratch it starts at gamma 0, so every block starts as the identity and the 16-block network
+# trains like a shallow one first (Goyal et al. 2017, "zero-gamma")
+RESIDUAL_LAST_BN = "_3_bn"
 HEAD_LAYERS = ("head_pool", "head_dropout_1", "head_dense", "head_dropout_2", "probability")
 
 
@@ -120,6 +126,8 @@ def _init_for_scratch(model: keras.Model, seed: int) -> None:
             layer.kernel.assign(init(layer.kernel.shape, dtype=layer.kernel.dtype))
         elif isinstance(layer, layers.BatchNormalization):
             layer.momentum = 0.9
+            if layer.name.endswith(RESIDUAL_LAST_BN):
+                layer.gamma.assign(ops.zeros_like(layer.gamma))
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
