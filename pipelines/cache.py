@@ -1,7 +1,7 @@
 """Step caching for local runs. kfp 2.13's local runner has no cache (on a cluster, KFP's own
 caching applies), so each step looks itself up here before working.
 
-The key is a sha256 over the step's name, the code (every source file of this package), the
+The key is a sha256 over the step's name, the code a step runs (``STEP_CODE``), the
 installed dependencies (every distribution and its version: the lock as it was installed, in a
 checkout or an image), its parameters and the content of its input artifacts. An entry remembers where the step's outputs
 were written and their sha256; a hit copies them into the new run only while they still hash
@@ -20,15 +20,23 @@ from components.atomic import write_json
 from components.records import tree_sha256
 
 PACKAGES = ("components", "pipelines", "serving")
+# What a step's result can depend on: the components, the model repository push writes to and
+# the pipelines' step layer; not the orchestration around the steps (study, report, demo, submit,
+# audit, the local runner) nor the model server and gateway: regenerating a report or mending the
+# server must not retrain a study.
+STEP_CODE = ("components", "serving/repository.py", "serving/protos.py",
+             "pipelines/steps.py", "pipelines/ops.py", "pipelines/cache.py")
 
 
-@functools.lru_cache(maxsize=1)
-def code_sha256() -> str:
-    """sha256 of this product's Python sources, as installed (the container image or a checkout)."""
+@functools.lru_cache(maxsize=2)
+def code_sha256(parts: tuple[str, ...] = PACKAGES) -> str:
+    """sha256 of this product's Python sources (or of ``parts``: packages and modules), as
+    installed (the container image or a checkout)."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
+    for part in parts:
+        paths = [root / part] if part.endswith(".py") else sorted((root / part).rglob("*.py"))
+        for path in paths:
             h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
@@ -49,7 +57,7 @@ def environment_sha256() -> str:
 
 def fingerprint() -> dict[str, str]:
     """What a result depends on besides its parameters and inputs: the code and the dependencies."""
-    return {"code": code_sha256(), "environment": environment_sha256()}
+    return {"code": code_sha256(STEP_CODE), "environment": environment_sha256()}
 
 
 def step_key(step: str, params: dict, inputs: dict[str, str], environment: dict[str, str] | None = None) -> str:
