@@ -61,7 +61,7 @@ class TrainSettings:
     patience: int = _opt(5, "early stopping: epochs without a better validation AUC")
     seed: int = _opt(0, "seed of initialisation, shuffling and augmentation")
     weight_decay: float = _opt(1e-4, "from scratch: AdamW weight decay")
-    warmup_epochs: int = _opt(1, "from scratch: linear learning-rate warm-up epochs")
+    warmup_epochs: float = _opt(1.0, "from scratch: linear learning-rate warm-up epochs (a fraction is fine)")
     augmentation: str = _opt("", "training augmentation policy (components.data); empty: the modality's")
     profile: str = _opt("", "the study profile these settings come from (recorded in the model card)")
 
@@ -202,7 +202,7 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
             peak *= models.BACKBONES[config.backbone].scratch_learning_rate_scale
             models.unfreeze_all(model)
             total_steps = steps_per_epoch * planned_epochs
-            warmup = min(steps_per_epoch * config.warmup_epochs, total_steps // 2)
+            warmup = min(round(steps_per_epoch * config.warmup_epochs), total_steps // 2)
             compile_model(keras.optimizers.schedules.CosineDecay(
                 0.0 if warmup else peak, decay_steps=max(1, total_steps - warmup),
                 warmup_target=peak if warmup else None, warmup_steps=warmup), "adamw")
