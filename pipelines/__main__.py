@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "smoke: a few minutes on small data, to check the path")
     st.add_argument("--modalities", type=cli.csv_choice(tuple(catalog.MODALITIES)), default=list(catalog.MODALITIES))
     st.add_argument("--seeds", type=int, default=3, help="seeds of each modality's best configuration (default 3)")
+    st.add_argument("--in-a-row", action="store_true",
+                    help="run the modalities one after another instead of side by side (one process each)")
+    st.add_argument("--part", action="store_true", help=argparse.SUPPRESS)   # one side-by-side process
 
     p = sub.add_parser("report", help="cross-modality comparison (the report's tables 5.1-5.10) as HTML and Markdown")
     p.add_argument("--work-dir", required=True)
@@ -107,7 +110,8 @@ def _run(args, _):
     elif args.command == "study":
         from pipelines import study
 
-        study.run(args.data, args.work_dir, args.model_repo, args.profile, args.modalities, seeds=args.seeds)
+        study.run(args.data, args.work_dir, args.model_repo, args.profile, args.modalities, seeds=args.seeds,
+                  side_by_side=not args.in_a_row, part=args.part)
     elif args.command == "report":
         from pipelines import report
 

@@ -15,37 +15,27 @@ import base64
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from components import catalog, cli, sample_data
+from pipelines import local
 from serving import repository
 from serving.server import free_port
 
 
 def run_pipelines(out: Path, count: int, image_size: int, seed: int) -> None:
-    """One ``python -m pipelines run`` per modality, in parallel, their progress lines prefixed."""
-    procs = {}
+    """One ``python -m pipelines run`` per modality, side by side, their progress lines prefixed."""
+    commands = {}
     for modality in catalog.MODALITIES:
         data = sample_data.run(modality, out / "data" / modality, count=count, seed=seed)
-        cmd = [sys.executable, "-m", "pipelines", "run", "--modality", modality, "--data", str(data),
-               "--model-repo", str(out / "model-repository"), "--work-dir", str(out / "work"),
-               "--image-size", str(image_size), "--epochs", "1", "--head-epochs", "1", "--batch-size", "32",
-               "--weights", "none", "--min-f1", "0", "--bootstrap", "200", "--seed", str(seed)]
-        procs[modality] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-
-    def relay(modality, proc):
-        for line in proc.stdout:
-            print(f"{modality:<15}{line}", end="", flush=True)
-
-    threads = [threading.Thread(target=relay, args=item) for item in procs.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    failed = [m for m, p in procs.items() if p.wait() != 0]
+        commands[modality] = [
+            sys.executable, "-m", "pipelines", "run", "--modality", modality, "--data", str(data),
+            "--model-repo", str(out / "model-repository"), "--work-dir", str(out / "work"),
+            "--image-size", str(image_size), "--epochs", "1", "--head-epochs", "1", "--batch-size", "32",
+            "--weights", "none", "--min-f1", "0", "--bootstrap", "200", "--seed", str(seed)]
+    failed = local.side_by_side(commands, echo=lambda line: print(line, flush=True))
     if failed:
         raise cli.UserError(f"the {', '.join(failed)} pipeline failed; its run.log under {out / 'work'} says why")
 

@@ -219,7 +219,7 @@ def test_study_profiles_name_every_training_parameter_and_check_the_data_root(tm
             assert {"image_size", "epochs", "batch_size", "learning_rate", "augmentation"} <= set(
                 study.PROFILES[profile][modality])
     assert study.settings("gpu", "ultrasound").image_size == 224 and study.settings("gpu", "ultrasound").epochs == 40
-    assert study.expected_minutes("cpu", list(catalog.MODALITIES), 3) <= 120
+    assert study.expected_minutes("cpu", list(catalog.MODALITIES), 3, side_by_side=True) <= 120
     missing = run_cli("pipelines", "study", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
                       "--model-repo", str(tmp_path / "r"), "--profile", "cpu", check=False)
     assert missing.returncode == 2 and "busi" in missing.stderr and "ddsm" in missing.stderr
