@@ -106,3 +106,24 @@ def test_progressive_from_scratch_never_trains_a_head_on_frozen_random_features(
         assert stages[-1]["image_size"] == size and sum(s["epochs"] for s in stages) == epochs
     pretrained = train.TrainConfig(modality="ultrasound", backbone="vgg16", strategy="progressive", weights="imagenet")
     assert [s["trains"] for s in pretrained.stages()] == ["head", "top"]
+
+
+def test_temperature_and_threshold_see_validation_only(tmp_path):
+    """Whatever the test records say, the temperature and threshold are the validation split's:
+    two evaluations with the same validation scores and opposite test scores fit the same T and
+    threshold; other validation scores fit another T."""
+    rng = np.random.default_rng(7)
+    yv = (rng.random(300) < 0.3).astype(int)
+    pv = np.clip(0.15 + 0.7 * yv + rng.normal(0, 0.25, 300), 0.001, 0.999)     # overconfident-ish
+    yt = (rng.random(200) < 0.3).astype(int)
+    pt = np.clip(0.2 + 0.6 * yt + rng.normal(0, 0.2, 200), 0.001, 0.999)
+    common = dict(model_name="ultrasound-vgg16-unfrozen", modality="ultrasound", sources=[f"s{i}" for i in range(200)],
+                  patients=[f"p{i}" for i in range(200)], examples=tmp_path / "test",
+                  threshold_from=tmp_path / "validation", bootstrap=50)
+    good = evaluate.report(yv=yv, pv_raw=pv, y=yt, p_raw=pt, out=tmp_path / "a", **common)
+    inverted = evaluate.report(yv=yv, pv_raw=pv, y=yt, p_raw=1 - pt, out=tmp_path / "b", **common)
+    assert good["temperature"]["value"] == inverted["temperature"]["value"] == pytest.approx(stats.fit_temperature(yv, pv))
+    assert good["threshold"] == inverted["threshold"]
+    assert good["metrics"]["roc_auc"]["value"] > 0.9 > 0.1 > inverted["metrics"]["roc_auc"]["value"]
+    other = evaluate.report(yv=yv, pv_raw=np.clip(pv ** 3, 0.001, 0.999), y=yt, p_raw=pt, out=tmp_path / "c", **common)
+    assert other["temperature"]["value"] != pytest.approx(good["temperature"]["value"], rel=0.05)
