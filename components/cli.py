@@ -57,6 +57,19 @@ def add_options(parser: argparse.ArgumentParser, settings_class, skip: Iterable[
                             help=(f.metadata.get("help", "") + f" (default: {shown})").strip())
 
 
+def to_options(settings) -> list[str]:
+    """The command-line options that ``add_options`` declared, filled from a settings dataclass
+    (the inverse of ``options_to``): to run the same settings in another process."""
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(settings):
+        if f.init:
+            value = getattr(settings, f.name)
+            out += ["--" + f.name.replace("_", "-"), ",".join(value) if isinstance(value, list) else str(value)]
+    return out
+
+
 def options_to(settings_class, args: argparse.Namespace, **given):
     """The dataclass built, by keyword, from the parsed options that ``add_options`` declared."""
     import dataclasses

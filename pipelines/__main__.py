@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", required=True, help="dataset root in the modality's source format")
     r.add_argument("--model-repo", required=True, help="model repository the blessed models are pushed to")
     r.add_argument("--work-dir", required=True, help="run folders (manifest, artifacts, logs) and the step cache")
+    r.add_argument("--run-id", help="name of the run folder (default: <modality>-<UTC time>-<random>)")
     _training_options(r)
 
     s = sub.add_parser("submit", help="submit one modality to a Kubeflow Pipelines cluster")
@@ -90,7 +91,7 @@ def _run(args, _):
     elif args.command == "run":
         from pipelines import local
 
-        local.run(args.modality, args.data, args.model_repo, args.work_dir, settings_from(args))
+        local.run(args.modality, args.data, args.model_repo, args.work_dir, settings_from(args), run_id=args.run_id)
     elif args.command == "submit":
         from pipelines import submit
 

@@ -36,6 +36,7 @@ TARGETS = {"histopathology": {"balanced_accuracy": 0.84, "f1": 0.72},
            "ultrasound": {"roc_auc": 0.85, "sensitivity_at_specificity_0.80": 0.80},
            "mammography": {"roc_auc": 0.85}}
 FOREST = "forest_plot.png"
+FEW_PATIENTS = 10          # below this many test patients, intervals are flagged and per-patient rows shown
 STUDY = "study.json"
 
 
@@ -140,8 +141,12 @@ def modality_tables(modality: str, runs: dict) -> list[tuple[str, list[str], lis
             rows += [_row(f"baseline: {n.rsplit('-', 1)[1]}", m) for n, m in sorted(baselines.items())]
             any_m = metrics[catalog.model_name(modality, catalog.BACKBONES[0], strategy)] \
                 if catalog.model_name(modality, catalog.BACKBONES[0], strategy) in metrics else next(iter(metrics.values()))
+            clusters = any_m.get("clusters", 0)
+            few = (f"; with only {clusters} patients a patient-level interval shows what resampling these "
+                   f"{clusters} gives, not the spread over new patients: read the per-patient table"
+                   if clusters and clusters < FEW_PATIENTS else "")
             tables.append((f"{modality}: {strategy} models and baselines (test split, n = {any_m['records']} records "
-                           f"from {any_m.get('clusters', '?')} patients/groups; 95% cluster-bootstrap CIs)", header, rows))
+                           f"from {clusters or '?'} patients/groups; 95% cluster-bootstrap CIs{few})", header, rows))
     rows = [[f"{r['model_1'].split('-', 1)[1]} vs {r['model_2'].split('-', 1)[1]}", f"{r['auc_1']:.3f} vs {r['auc_2']:.3f}",
              f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", f"{r['p_value']:.3g}",
              f"{r['p_holm']:.3g}"] for r in comparisons(modality, evals)]
@@ -160,7 +165,7 @@ def modality_tables(modality: str, runs: dict) -> list[tuple[str, list[str], lis
                                   for c in ("roc_auc", "balanced_accuracy", "f1"))])
         tables.append((f"{modality}: best configuration on validation ({best}) re-trained with {len(seeds)} seeds, "
                        "same split", ["seed", "ROC-AUC", "balanced acc.", "F1"], rows))
-    if best and metrics[best].get("clusters", 99) <= 20:
+    if best and metrics[best].get("clusters", 99) < 2 * FEW_PATIENTS:
         rows = [[r["patient_id"], r["records"], r["positives"], f"{r['mean_probability']:.3f}", f"{r['accuracy']:.3f}"]
                 for r in metrics[best]["per_patient"]]
         tables.append((f"{modality}: per-patient results of {best} (test split)",

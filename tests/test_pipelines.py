@@ -241,3 +241,15 @@ def test_the_step_cache_key_covers_the_installed_dependency_lock():
     changed = {**same, "environment": cache.hashlib.sha256(b"keras==3.6.1").hexdigest()}
     args = ("train", {"epochs": 1}, {})
     assert cache.step_key(*args, same) == cache.step_key(*args) != cache.step_key(*args, changed)
+
+
+def test_settings_travel_to_another_process_as_options_unchanged():
+    """The study starts its seed replicates as `pipelines run` processes: the options made from
+    a profile's settings parse back to the same settings."""
+    from components import cli
+    from pipelines.__main__ import build_parser, settings_from
+
+    given = study.settings("cpu", "histopathology", seed=2, backbones=["vgg16"], strategies=["progressive"])
+    args = build_parser().parse_args(["run", "--modality", "histopathology", "--data", "d", "--model-repo", "r",
+                                      "--work-dir", "w", "--run-id", "x", *cli.to_options(given)])
+    assert settings_from(args) == given and args.run_id == "x"
