@@ -160,14 +160,13 @@ def _chain(modality: str, source: Path, work_dir: Path, model_repo, profile: str
     echo(f"{modality}: best on validation {best} (AUC {val_auc:.3f})"
          + (f"; seeds 1..{seeds - 1} follow" if seeds > 1 else ""))
     # the seed replicates side by side, one process each (on 2 cores two finish well before two in a row)
-    replicates = {f"{modality} seed {seed}": local.new_run_id(modality) for seed in range(1, seeds)}
+    runs = {f"{modality} seed {seed}": local.new_run_id(modality) for seed in range(1, seeds)}
     failed = local.side_by_side({key: [
         sys.executable, "-m", "pipelines", "run", "--modality", modality, "--data", str(source),
         "--model-repo", str(Path(work_dir) / REPLICATES), "--work-dir", str(work_dir), "--run-id", run_id,
         *cli.to_options(settings(profile, modality, seed=seed, backbones=[backbone], strategies=[strategy]))]
-        for seed, (key, run_id) in enumerate(replicates.items(), start=1)}, echo)
+        for seed, (key, run_id) in enumerate(runs.items(), start=1)}, echo)
     if failed:
         raise cli.UserError(f"the replicate runs {', '.join(failed)} failed (their lines above say why)")
-    replicates = list(replicates.values())
     return {"run": main.name, "best": {"backbone": backbone, "strategy": strategy, "validation_auc": val_auc},
-            "replicates": replicates, "seeds": seeds, "minutes": round((time.time() - started) / 60, 1)}
+            "replicates": list(runs.values()), "seeds": seeds, "minutes": round((time.time() - started) / 60, 1)}
