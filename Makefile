@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
+# Two workers (pytest-xdist): much of the suite is single-threaded (process start-up, graph
+# tracing, export), so both cores stay busy. Tests that share one expensive fixture form a group
+# (pytest.mark.xdist_group), so it is built once, on one worker.
+PYTEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 STUDY_DIR ?= study-output
@@ -27,7 +31,7 @@ demo: install
 	PYTHONUNBUFFERED=1 $(PY) -m pipelines.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
 
 # The real-data study (a benchmark, not CI): 18 models on ../shared/datasets, seeds, the report.
 study: install
