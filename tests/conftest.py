@@ -28,20 +28,6 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-# Under pytest-xdist (make test: -n 2 --dist loadgroup) the tests that share one expensive
-# fixture run on one worker, so it is built once: the six trained models, the local pipeline run.
-SHARED_FIXTURE_GROUPS = {"pipeline_outputs": "trained-models", "local_run": "pipeline-run"}
-
-
-@pytest.hookimpl(tryfirst=True)     # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    for item in items:
-        for fixture, group in SHARED_FIXTURE_GROUPS.items():
-            if fixture in item.fixturenames:
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
-
-
 @pytest.fixture(scope="session")
 def sample_sources(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("samples")
