@@ -147,13 +147,20 @@ def modality_tables(modality: str, runs: dict) -> list[tuple[str, list[str], lis
                    if clusters and clusters < FEW_PATIENTS else "")
             tables.append((f"{modality}: {strategy} models and baselines (test split, n = {any_m['records']} records "
                            f"from {clusters or '?'} patients/groups; 95% cluster-bootstrap CIs{few})", header, rows))
+    # with a handful of test patients a paired cluster bootstrap has a handful of distinct resamples
+    # (3 for 2 patients), so its p-value reads 0 for any difference: give none rather than a false one
+    clusters = max((m.get("clusters", 0) for m in metrics.values()), default=0)
+    few = 0 < clusters < FEW_PATIENTS
     rows = [[f"{r['model_1'].split('-', 1)[1]} vs {r['model_2'].split('-', 1)[1]}", f"{r['auc_1']:.3f} vs {r['auc_2']:.3f}",
-             f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", f"{r['p_value']:.3g}",
-             f"{r['p_holm']:.3g}"] for r in comparisons(modality, evals)]
+             f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+             *(("n/a", "n/a") if few else (f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}"))]
+            for r in comparisons(modality, evals)]
     if rows:
         tables.append((f"{modality}: paired comparisons (AUC difference, paired cluster bootstrap; p Holm-corrected "
-                       "over the modality's 9 comparisons)", ["pair", "AUC", "difference [95% CI]", "p", "p (Holm)"],
-                       rows))
+                       "over the modality's 9 comparisons"
+                       + (f"; with only {clusters} test patients no p-value is given: the bootstrap draws too few "
+                          "distinct resamples to test anything" if few else "") + ")",
+                       ["pair", "AUC", "difference [95% CI]", "p", "p (Holm)"], rows))
     best = best_on_validation(run_dir)
     if best and runs.get("replicates"):
         seeds = [(0, metrics[best])] + [(i + 1, _load(evaluations(r)).get(best)) for i, r in enumerate(runs["replicates"])]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from components import catalog
-from pipelines import study
+from pipelines import report, study
 from pipelines.settings import RunSettings
 from serving import repository
 from tests.conftest import run_cli
@@ -184,6 +184,11 @@ def test_report_compares_backbones_and_strategies(local_run, tmp_path):
     assert "baseline: histogram" in md and "baseline: majority" in md
     assert "p (Holm)" in md and "resnet50-unfrozen vs vgg16-unfrozen" in md and "Best configuration per modality" in md
     assert "per-patient results" in md
+    # p-values only where the test split has enough patients for a paired cluster bootstrap to test anything
+    clusters = max(json.loads(m.read_text())["clusters"]
+                   for m in (local_run["base"] / "work").glob("*/*/evaluate*/evaluation/metrics.json"))
+    caption = next(l for l in md.splitlines() if l.startswith("## histopathology: paired comparisons"))
+    assert ("no p-value is given" in caption) == (clusters < report.FEW_PATIENTS), (caption, clusters)
     assert "<table>" in (tmp_path / "report.html").read_text()
     assert (tmp_path / "forest_plot.png").stat().st_size > 5000
     empty = run_cli("pipelines", "report", "--work-dir", str(tmp_path / "nothing"), check=False)
