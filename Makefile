@@ -31,7 +31,7 @@ demo: install
 	PYTHONUNBUFFERED=1 $(PY) -m pipelines.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
 
 # The real-data study (a benchmark, not CI): 18 models on ../shared/datasets, seeds, the report.
 study: install

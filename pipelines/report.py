@@ -133,6 +133,11 @@ def modality_tables(modality: str, runs: dict) -> list[tuple[str, list[str], lis
     metrics = _load(evals)
     baselines = {n: m for n, m in metrics.items() if "-baseline-" in n}
     header = ["model", *(HEADINGS[c] for c in COLUMNS), "threshold", "T", "ECE before -> after"]
+    # every model of a run is tested on the same split, so one patient count serves every table;
+    # below FEW_PATIENTS intervals are flagged, and a paired cluster bootstrap has a handful of
+    # distinct resamples (3 for 2 patients), so its p-value reads 0 for any difference: none is given
+    clusters = max((m.get("clusters", 0) for m in metrics.values()), default=0)
+    few = 0 < clusters < FEW_PATIENTS
     tables = []
     for strategy in catalog.STRATEGIES:
         rows = [_row(b, metrics[catalog.model_name(modality, b, strategy)]) for b in catalog.BACKBONES
@@ -141,16 +146,10 @@ def modality_tables(modality: str, runs: dict) -> list[tuple[str, list[str], lis
             rows += [_row(f"baseline: {n.rsplit('-', 1)[1]}", m) for n, m in sorted(baselines.items())]
             any_m = metrics[catalog.model_name(modality, catalog.BACKBONES[0], strategy)] \
                 if catalog.model_name(modality, catalog.BACKBONES[0], strategy) in metrics else next(iter(metrics.values()))
-            clusters = any_m.get("clusters", 0)
-            few = (f"; with only {clusters} patients a patient-level interval shows what resampling these "
-                   f"{clusters} gives, not the spread over new patients: read the per-patient table"
-                   if clusters and clusters < FEW_PATIENTS else "")
+            flag = (f"; with only {clusters} patients a patient-level interval shows what resampling these "
+                    f"{clusters} gives, not the spread over new patients: read the per-patient table" if few else "")
             tables.append((f"{modality}: {strategy} models and baselines (test split, n = {any_m['records']} records "
-                           f"from {clusters or '?'} patients/groups; 95% cluster-bootstrap CIs{few})", header, rows))
-    # with a handful of test patients a paired cluster bootstrap has a handful of distinct resamples
-    # (3 for 2 patients), so its p-value reads 0 for any difference: give none rather than a false one
-    clusters = max((m.get("clusters", 0) for m in metrics.values()), default=0)
-    few = 0 < clusters < FEW_PATIENTS
+                           f"from {clusters or '?'} patients/groups; 95% cluster-bootstrap CIs{flag})", header, rows))
     rows = [[f"{r['model_1'].split('-', 1)[1]} vs {r['model_2'].split('-', 1)[1]}", f"{r['auc_1']:.3f} vs {r['auc_2']:.3f}",
              f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
              *(("n/a", "n/a") if few else (f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}"))]

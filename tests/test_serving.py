@@ -162,7 +162,7 @@ def _variant(pipeline_outputs, tmp_path, note: str, damage=None):
     return export_dir
 
 
-def _batcher_threads(version: int, others: frozenset = frozenset()) -> list[str]:
+def _batcher_threads(version: int, others: frozenset) -> list[str]:
     """Live batcher threads of NAME's ``version``, leaving out ``others`` (threads that other
     tests' servers, still running in this process, hold for the same model and version)."""
     import threading
