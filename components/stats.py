@@ -14,9 +14,10 @@ METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity"
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    """Every metric of METRICS. The counting ones follow from the confusion matrix; the ranking
-    and probability ones are scikit-learn's (nan when a class is missing)."""
+def at_threshold(y: np.ndarray, p: np.ndarray, threshold) -> dict[str, float]:
+    """Every metric of METRICS (``threshold``: one, or one per record). The counting ones follow
+    from the confusion matrix; the ranking and probability ones are scikit-learn's (nan when a
+    class is missing)."""
     y = np.asarray(y).astype(int)
     pred = (p >= threshold).astype(int)
     tn, fp, fn, tp = np.bincount(2 * y + pred, minlength=4).astype(float)
@@ -39,63 +40,144 @@ def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, fl
     }
 
 
+def cluster_weights(clusters, n: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The cluster bootstrap as weights: (an ``n`` x clusters matrix of how often each resample
+    draws each cluster (patient), each record's cluster index). Whole clusters enter or leave a
+    resample together, because records of one patient are not independent; with every record
+    its own cluster this is the ordinary bootstrap. The draws are those of ``cluster_resamples``."""
+    _, which = np.unique(np.asarray(clusters), return_inverse=True)
+    k = int(which.max()) + 1 if len(which) else 0
+    draws = np.random.default_rng(seed).integers(0, k, size=(n, k))
+    counts = np.zeros((n, k), dtype=np.float64)
+    np.add.at(counts, (np.repeat(np.arange(n), k), draws.ravel()), 1.0)
+    return counts, which.reshape(-1)
+
+
 def cluster_resamples(clusters, n: int = BOOTSTRAP_RESAMPLES, seed: int = 0):
-    """``n`` bootstrap index arrays that draw whole clusters (patients) with replacement, so
-    records of one patient, which are not independent, enter or leave a resample together.
-    With every record its own cluster this is the ordinary bootstrap."""
+    """``n`` bootstrap index arrays that draw whole clusters (patients) with replacement (the
+    same draws as ``cluster_weights``, as record indices)."""
     clusters = np.asarray(clusters)
     _, which = np.unique(clusters, return_inverse=True)
     members = [np.nonzero(which == c)[0] for c in range(which.max() + 1)]
-    rng = np.random.default_rng(seed)
-    for _ in range(n):
-        yield np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
+    for row in np.random.default_rng(seed).integers(0, len(members), size=(n, len(members))):
+        yield np.concatenate([members[c] for c in row])
 
 
-def _interval(values: list[float], level: float) -> tuple[float, float]:
-    values = [v for v in values if np.isfinite(v)]
-    if not values:
+def _interval(values, level: float) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
         return float("nan"), float("nan")
     return (float(np.percentile(values, 100 * (1 - level) / 2)), float(np.percentile(values, 100 * (1 + level) / 2)))
 
 
-def bootstrap(y: np.ndarray, p: np.ndarray, threshold: float, clusters=None, n: int = BOOTSTRAP_RESAMPLES,
-              seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float]]:
+def _levels(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Records in ascending score order and the start of each run of tied scores."""
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    starts = np.concatenate([[0], np.nonzero(np.diff(s))[0] + 1]) if len(s) else np.zeros(0, int)
+    return order, starts
+
+
+def weighted_ranking(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC-AUC and average precision (scikit-learn's definitions: ties count one half; AP is
+    the step sum over descending thresholds) of every row of record ``weights`` (resamples x
+    records) at once; nan where a row lacks a class."""
+    y = np.asarray(y).astype(bool)
+    order, starts = _levels(np.asarray(p, float))
+    w = weights[:, order]
+    pos = np.add.reduceat(w * y[order], starts, axis=1) if len(starts) else np.zeros((len(w), 0))
+    neg = np.add.reduceat(w * ~y[order], starts, axis=1) if len(starts) else np.zeros((len(w), 0))
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    below = np.cumsum(neg, axis=1) - neg                           # negatives scored lower
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+        tp, fp = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)   # thresholds descending
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
+        ap = (pos[:, ::-1] * precision).sum(axis=1) / n_pos
+    both = (n_pos > 0) & (n_neg > 0)
+    return np.where(both, auc, np.nan), np.where(both, ap, np.nan)
+
+
+def weighted_metrics(y: np.ndarray, p: np.ndarray, threshold, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of METRICS for every row of ``weights`` (resamples x records), as
+    ``at_threshold`` computes it for one resample. ``threshold`` may be one number or one per
+    record (pooled out-of-fold predictions keep each fold's threshold)."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, float)
+    pred = (p >= np.asarray(threshold)).astype(int)
+    cells = np.stack([(y == a) & (pred == b) for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))], axis=1).astype(float)
+    tn, fp, fn, tp = (weights @ cells).T
+    total = tn + fp + fn + tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tp / (tp + fn)
+        specificity = tn / (tn + fp)
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        f1 = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        brier = weights @ ((p - y) ** 2) / total
+    auc, ap = weighted_ranking(y, p, weights)
+    return {"accuracy": (tp + tn) / total, "balanced_accuracy": (recall + specificity) / 2, "precision": precision,
+            "recall": np.nan_to_num(recall, nan=0.0), "specificity": specificity, "f1": f1, "roc_auc": auc,
+            "pr_auc": ap, "brier": brier}
+
+
+def bootstrap(y: np.ndarray, p: np.ndarray, threshold, clusters=None, n: int = BOOTSTRAP_RESAMPLES,
+              seed: int = 0, level: float = 0.95, chunk: int = 250) -> dict[str, dict[str, float]]:
     """Each metric with a percentile interval from a cluster bootstrap over ``clusters``
-    (patients; default: every record its own). Resamples missing a class give no AUC."""
-    y, p = np.asarray(y), np.asarray(p)
+    (patients; default: every record its own). Resamples missing a class give no AUC. The
+    resamples are record weights, computed ``chunk`` at a time in numpy (no per-resample call
+    through scikit-learn's input checks: 2,000 resamples of a few thousand records in well
+    under a second); the values equal the loop over ``cluster_resamples`` with ``at_threshold``."""
+    y, p = np.asarray(y), np.asarray(p, float)
     clusters = np.arange(len(y)) if clusters is None else clusters
-    point = at_threshold(y, p, threshold)
+    # the point estimate by the same arithmetic as the resamples, and both rounded to 12 places:
+    # a resample that repeats the data with other weights then gives the point exactly, not
+    # a value one rounding step away (a degenerate interval must not exclude its estimate)
+    point = {m: np.round(v[0], 12) for m, v in weighted_metrics(y, p, threshold, np.ones((1, len(y)))).items()}
+    counts, which = cluster_weights(clusters, n, seed)
     draws = {m: [] for m in METRICS}
-    for idx in cluster_resamples(clusters, n, seed):
-        for m, v in at_threshold(y[idx], p[idx], threshold).items():
-            draws[m].append(v)
-    return {m: dict(zip(("value", "ci_low", "ci_high"), (float(point[m]), *_interval(draws[m], level))))
+    for start in range(0, n, chunk):
+        for m, v in weighted_metrics(y, p, threshold, counts[start:start + chunk][:, which]).items():
+            draws[m].append(np.round(v, 12))
+    return {m: dict(zip(("value", "ci_low", "ci_high"), (float(point[m]), *_interval(np.concatenate(draws[m]), level))))
             for m in METRICS}
+
+
+def bootstrap_p(diff: np.ndarray) -> tuple[float, bool]:
+    """Two-sided bootstrap p-value of a difference (twice the smaller tail share at or beyond
+    zero) and whether it is only a bound: with no resample at or across zero it is ``< 1/B``,
+    reported as 1/B and flagged, never as 0."""
+    if not len(diff):
+        return float("nan"), False
+    p = min(1.0, 2 * min((diff <= 0).mean(), (diff >= 0).mean()))
+    return (1.0 / len(diff), True) if p == 0 else (float(p), False)
+
+
+def format_p(p: float, bound: bool = False) -> str:
+    return f"< {p:.2g}" if bound else f"{p:.3g}"
 
 
 def paired_auc_bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], clusters, n: int = BOOTSTRAP_RESAMPLES,
                          seed: int = 0, level: float = 0.95) -> list[dict]:
     """Every pair of models scored on the same records: the AUC difference with a paired
     cluster-bootstrap interval (the same resampled patients for both models) and a two-sided
-    bootstrap p-value (twice the smaller tail share of differences at or beyond zero)."""
+    bootstrap p-value (``bootstrap_p``)."""
     y = np.asarray(y)
     names = list(scores)
     aucs = {name: skm.roc_auc_score(y, scores[name]) for name in names}
-    draws = {name: [] for name in names}
-    for idx in cluster_resamples(clusters, n, seed):
-        if len(np.unique(y[idx])) < 2:
-            continue
-        for name in names:
-            draws[name].append(skm.roc_auc_score(y[idx], scores[name][idx]))
+    counts, which = cluster_weights(clusters, n, seed)
+    draws = {name: np.concatenate([weighted_ranking(y, scores[name], counts[start:start + 250][:, which])[0]
+                                   for start in range(0, n, 250)]) for name in names}
+    valid = np.isfinite(draws[names[0]]) if names else np.zeros(0, bool)   # resamples holding both classes
     out = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            diff = np.array(draws[a]) - np.array(draws[b])
-            p_value = min(1.0, 2 * min((diff <= 0).mean(), (diff >= 0).mean())) if len(diff) else float("nan")
-            low, high = _interval(list(diff), level)
+            diff = (draws[a] - draws[b])[valid]
+            p_value, bound = bootstrap_p(diff)
+            low, high = _interval(diff, level)
             out.append({"model_1": a, "model_2": b, "auc_1": float(aucs[a]), "auc_2": float(aucs[b]),
                         "difference": float(aucs[a] - aucs[b]), "ci_low": low, "ci_high": high,
-                        "p_value": float(p_value), "resamples": int(len(diff))})
+                        "p_value": p_value, "p_value_is_bound": bound, "resamples": int(len(diff))})
     return out
 
 
@@ -109,6 +191,15 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+# the temperature is searched in [e^-4, e^4]; a fit at either end means no T explains the scores
+TEMPERATURE_BOUNDS = (float(np.exp(-4)), float(np.exp(4)))
+
+
+def temperature_at_bound(temperature: float, tolerance: float = 0.01) -> bool:
+    low, high = TEMPERATURE_BOUNDS
+    return temperature <= low * (1 + tolerance) or temperature >= high * (1 - tolerance)
+
+
 def fit_temperature(y: np.ndarray, p: np.ndarray) -> float:
     """Temperature T minimising the log loss of sigmoid(logit(p) / T) on (y, p): fit it on the
     validation split only, then apply it unchanged elsewhere (Guo et al. 2017)."""
@@ -120,7 +211,8 @@ def fit_temperature(y: np.ndarray, p: np.ndarray) -> float:
         q = np.clip(1 / (1 + np.exp(-logits / np.exp(log_t))), 1e-7, 1 - 1e-7)
         return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
 
-    return float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x))
+    bounds = tuple(float(np.log(b)) for b in TEMPERATURE_BOUNDS)
+    return float(np.exp(minimize_scalar(nll, bounds=bounds, method="bounded").x))
 
 
 def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
