@@ -2,8 +2,11 @@
 renamed file cannot leave a reader behind.
 
 - a trained-model folder (components.train): ``model.keras``, ``training.json``, ``history.json``;
-- an evaluation folder (components.evaluate, components.baseline): ``metrics.json``,
-  ``predictions.csv``, ``blessing.json`` and the ``PICTURES``;
+- an evaluation folder (components.evaluate, components.baseline, components.ensemble,
+  components.crossval): ``metrics.json``, ``predictions.csv``, ``validation_predictions.csv``,
+  ``blessing.json`` and the ``PICTURES``; the baselines' ``shortcut.json``, the ensemble's
+  ``ensemble.json``;
+- a folds folder (components.crossval): ``folds.json`` and ``fold-<i>/`` split folders;
 - a split folder (components.split, components.stain): ``manifest.json``, ``patients.csv``;
 - a run folder (pipelines.local): ``manifest.json``.
 """
@@ -17,6 +20,10 @@ TRAINING = "training.json"
 HISTORY = "history.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
+VALIDATION_PREDICTIONS = "validation_predictions.csv"
+SHORTCUT = "shortcut.json"
+ENSEMBLE = "ensemble.json"
+FOLDS = "folds.json"
 BLESSING = "blessing.json"
 MANIFEST = "manifest.json"
 PATIENTS = "patients.csv"

@@ -23,7 +23,14 @@ class Modality:
     augmentation: str = "report"  # default training augmentation policy (components.data)
     despeckle: bool = False       # 3x3 median filter + histogram equalization (components.preprocess)
     stain_normalization: bool = False   # Macenko step between split and training (components.stain)
-    study_dataset: str = ""       # its folder under the study's data root (pipelines.study)
+    # the study's sources under its data root (components.sources: name, path, format options)
+    study_sources: tuple[dict, ...] = ()
+
+
+# BUS-BRA as published: Images/<ID>.png and bus_data.csv (biopsy-proven Pathology, patient = Case)
+BUSBRA = {"name": "busbra", "path": "busbra", "format": "manifest", "manifest": "bus_data.csv",
+          "image_column": "ID", "path_template": "Images/{}.png", "label_column": "Pathology",
+          "label_map": {"malignant": 1, "benign": 0}, "patient_column": "Case"}
 
 
 MODALITIES = {
@@ -31,13 +38,14 @@ MODALITIES = {
     for m in (
         Modality("mammography", ("No tumor", "Tumor"), "ddsm",
                  "DDSM ROI patches (grayscale); label_normal is the binary target", augmentation="dihedral",
-                 study_dataset="ddsm"),
+                 study_sources=({"name": "mias", "path": "ddsm"},)),
         Modality("ultrasound", ("Benign or normal", "Malignant"), "class_folders",
                  "B-mode frames in benign/ malignant/ normal/ class folders", near_duplicate_r=0.97,
-                 augmentation="ultrasound", despeckle=True, study_dataset="busi"),
+                 augmentation="ultrasound", despeckle=True,
+                 study_sources=({"name": "busi", "path": "busi"}, BUSBRA)),
         Modality("histopathology", ("IDC negative", "IDC positive"), "idc_tree",
                  "H&E patches in the IDC <patient>/<0|1>/ tree", augmentation="histology",
-                 stain_normalization=True, study_dataset="idc"),
+                 stain_normalization=True, study_sources=({"name": "idc", "path": "idc"},)),
     )
 }
 

@@ -1,28 +1,34 @@
-"""Extract: a real source dataset -> sharded TFRecords of the project schema (Apache Beam).
+"""Extract: one or more real sources of a modality -> sharded TFRecords of the project schema
+(Apache Beam).
 
-Every input ends as exactly one row of ``inputs.csv`` (source, sha256 of its bytes, patient,
-label, what happened to it): written as a record, or quarantined with a reason in
+Every input ends as exactly one row of ``inputs.csv`` (its source, id, sha256 of its bytes,
+patient, label, what happened to it): written as a record, or quarantined with a reason in
 ``quarantine.csv``. A bad input never crashes the run; the step fails only when the
 quarantined fraction exceeds ``max_quarantine``, and then publishes nothing (what it found is
-kept in ``<out>.rejected/`` for inspection).
+kept in ``<out>.rejected/`` for inspection). Each record keeps the name of its source
+(``components.sources``); ``summary.json`` counts every source apart and all together.
 
     python -m components.extract --modality M --source PATH --out DIR [--runner DirectRunner ...]
+    python -m components.extract --modality M --source DIR --manifest CSV --image-column C \
+        --label-column C --label-map malignant=1,benign=0 [--patient-column C --path-template T] --out DIR
+    python -m components.extract --modality M --sources SOURCES.json --out DIR
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import csv
+import dataclasses
 import datetime
 import io
 import json
 from pathlib import Path
 
-from components import catalog, cli, images, readers, schema
+from components import catalog, cli, images, readers, schema, sources as sources_
 from components.atomic import staged_dir, write_json, write_text
 from components.records import sha256_bytes, sha256_file, tfrecord_files
 
-INPUTS_HEADER = ["source_id", "source_sha256", "patient_id", "label", "status", "record_sha256"]
+INPUTS_HEADER = ["source", "source_id", "source_sha256", "patient_id", "label", "status", "record_sha256"]
 WRITTEN = "written"
 
 
@@ -47,8 +53,12 @@ class ConvertItem:
             def setup(self):
                 self.bar = cli.progress(total=outer.total, desc=f"extract {outer.modality}", unit="img")
 
-            def process(self, item: readers.RawItem):
+            def process(self, tagged: tuple[str, readers.RawItem]):
                 self.bar.update(1)
+                source, raw = tagged
+                # ids carry their source, so two sources may reuse image or patient names
+                item = dataclasses.replace(raw, source_id=f"{source}/{raw.source_id}",
+                                           patient_id=f"{source}/{raw.patient_id}")
                 source_sha = sha256_bytes(item.data)
                 try:
                     if item.problem:
@@ -57,16 +67,16 @@ class ConvertItem:
                                else images.decode(item.data, outer.max_pixels))
                 except Exception as e:      # any error reading one item quarantines that item only
                     reason = str(e) if isinstance(e, images.ImageRejected) else f"unreadable ({type(e).__name__}: {e})"
-                    yield beam.pvalue.TaggedOutput("quarantine", _csv_line([item.source_id, reason]))
+                    yield beam.pvalue.TaggedOutput("quarantine", _csv_line([source, item.source_id, reason]))
                     yield beam.pvalue.TaggedOutput("inputs", _csv_line(
-                        [item.source_id, source_sha, item.patient_id, "" if item.label is None else item.label,
+                        [source, item.source_id, source_sha, item.patient_id, "" if item.label is None else item.label,
                          f"quarantined: {reason}", ""]))
                     return
                 record = schema.serialize(schema.Record(
                     decoded.png(), decoded.height, decoded.width, int(item.label), item.patient_id,
-                    item.source_id, outer.modality))
+                    item.source_id, outer.modality, source))
                 yield beam.pvalue.TaggedOutput("inputs", _csv_line(
-                    [item.source_id, source_sha, item.patient_id, item.label, WRITTEN, sha256_bytes(record)]))
+                    [source, item.source_id, source_sha, item.patient_id, item.label, WRITTEN, sha256_bytes(record)]))
                 yield record
 
             def teardown(self):
@@ -87,31 +97,34 @@ def _sorted_csv(path_without_suffix: Path, header: list[str]) -> Path:
     return path
 
 
-def run(modality: str, source: str | Path, out: str | Path, source_format: str | None = None,
-        label_map: dict[str, int] | None = None, default_label: int | None = 0,
-        max_quarantine: float = 0.01, num_shards: int = 0, max_pixels: int = images.DEFAULT_MAX_PIXELS,
-        beam_args: list[str] | None = None) -> dict:
+def run(modality: str, source, out: str | Path, max_quarantine: float = 0.01, num_shards: int = 0,
+        max_pixels: int = images.DEFAULT_MAX_PIXELS, beam_args: list[str] | None = None) -> dict:
+    """Extract ``source``: a path (one source in the modality's default format, named after its
+    folder), a :class:`components.sources.Source`, or a list of them."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     spec = catalog.modality(modality)
-    source_format = source_format or spec.source_format
-    options = {}
-    if source_format == "class_folders":   # the only format whose labels come from a map
-        options = {"default_label": default_label, **({"label_map": label_map} if label_map else {})}
-    reader = readers.make_reader(source_format, Path(source).resolve(), **options)
-    units = reader.units()
-    if not units:
-        raise cli.UserError(f"no input files under {source}")
+    chosen = sources_.parse(source) if not isinstance(source, (str, Path)) or str(source).endswith(".json") \
+        else [sources_.single(Path(source).resolve())]
+    readers_ = {s.name: s.reader(modality) for s in chosen}
+    units = [(name, unit) for name, reader in readers_.items() for unit in reader.units()]
+    empty = [name for name in readers_ if not any(n == name for n, _ in units)]
+    if empty:
+        raise cli.UserError(f"no input files in source(s) {', '.join(empty)} ({', '.join(s.path for s in chosen if s.name in empty)})")
     started = datetime.datetime.now(datetime.timezone.utc)
-    total = len(units) if source_format != "ddsm" else None
+    total = len(units) if all(r.name != "ddsm" for r in readers_.values()) else None
+
+    def read(tagged):
+        name, unit = tagged
+        return ((name, item) for item in readers_[name].items(unit))
 
     with staged_dir(out, keep_failed_as=".rejected") as stage:
         pipeline_options = PipelineOptions(list(beam_args or []) or ["--runner=DirectRunner"])
         with beam.Pipeline(options=pipeline_options) as p:
             items = (p | "ListUnits" >> beam.Create(units)
                        | "SpreadUnits" >> beam.Reshuffle()
-                       | "ReadItems" >> beam.FlatMap(reader.items))
+                       | "ReadItems" >> beam.FlatMap(read))
             results = items | "Convert" >> beam.ParDo(
                 ConvertItem(modality, max_pixels, total).make_dofn()).with_outputs("inputs", "quarantine", main="examples")
             results.examples | "WriteExamples" >> beam.io.WriteToTFRecord(
@@ -121,45 +134,59 @@ def run(modality: str, source: str | Path, out: str | Path, source_format: str |
                     str(stage / tag), file_name_suffix=".csv", shard_name_template="")
 
         inputs_csv = _sorted_csv(stage / "inputs", INPUTS_HEADER)
-        _sorted_csv(stage / "quarantine", ["source_id", "reason"])
-        summary = summarize(inputs_csv, spec, reader, source, started)
+        _sorted_csv(stage / "quarantine", ["source", "source_id", "reason"])
+        summary = summarize(inputs_csv, spec, chosen, readers_, started)
         summary["shards"] = [p.name for p in tfrecord_files(stage)]
         write_json(stage / "summary.json", summary)
+        rejected = Path(str(out) + ".rejected") / "quarantine.csv"
         if summary["records_written"] == 0:
-            raise cli.UserError(f"no image of {source} could be read; see {Path(str(out) + '.rejected') / 'quarantine.csv'}")
+            raise cli.UserError(f"no image of {', '.join(s.path for s in chosen)} could be read; see {rejected}")
+        unread = [name for name, counts in summary["sources"].items() if counts["records_written"] == 0]
+        if unread:
+            raise cli.UserError(f"no image of source(s) {', '.join(unread)} could be read; see {rejected}")
         if summary["quarantine_fraction"] > max_quarantine:
             raise cli.UserError(
                 f"{summary['quarantined']} of {summary['inputs']} inputs ({summary['quarantine_fraction']:.1%}) were "
                 f"quarantined, above the {max_quarantine:.1%} limit; nothing was published. Read "
-                f"{Path(str(out) + '.rejected') / 'quarantine.csv'}, fix or remove those inputs, or raise --max-quarantine.")
+                f"{rejected}, fix or remove those inputs, or raise --max-quarantine.")
     return summary
 
 
-def summarize(inputs_csv: Path, spec: catalog.Modality, reader, source, started) -> dict:
-    rows = list(csv.DictReader(inputs_csv.open(newline="")))
+def _counts(rows: list[dict], spec: catalog.Modality) -> dict:
     written = [r for r in rows if r["status"] == WRITTEN]
     quarantined = [r for r in rows if r["status"] != WRITTEN]
-    by_content = collections.defaultdict(list)
-    for r in rows:
-        by_content[r["source_sha256"]].append(r)
-    duplicates = [g for g in by_content.values() if len(g) > 1]
-    label_conflicts = [[r["source_id"] for r in g] for g in duplicates if len({r["label"] for r in g}) > 1]
-    skipped = reader.skipped()
-    patient_source = reader.patient_index(Path(reader.units()[0]))[1] if isinstance(reader, readers.DdsmReader) else None
     return {
-        "modality": spec.name,
-        "source": str(source),
-        "source_format": reader.name,
-        "patient_ids_from": patient_source or ("folder names" if reader.name == "idc_tree" else "image id (source has no patients)"),
-        "started_utc": started.isoformat(timespec="seconds"),
         "inputs": len(rows),
-        "inputs_sha256": sha256_file(inputs_csv),
         "records_written": len(written),
         "labels": {spec.label_names[k]: sum(1 for r in written if int(r["label"]) == k) for k in (0, 1)},
         "patients": len({r["patient_id"] for r in written}),
         "quarantined": len(quarantined),
         "quarantine_fraction": round(len(quarantined) / len(rows), 6) if rows else 0.0,
         "quarantine_reasons": dict(collections.Counter(r["status"].removeprefix("quarantined: ") for r in quarantined)),
+    }
+
+
+def summarize(inputs_csv: Path, spec: catalog.Modality, chosen: list, readers_: dict, started) -> dict:
+    rows = list(csv.DictReader(inputs_csv.open(newline="")))
+    by_content = collections.defaultdict(list)
+    for r in rows:
+        by_content[r["source_sha256"]].append(r)
+    duplicates = [g for g in by_content.values() if len(g) > 1]
+    label_conflicts = [[r["source_id"] for r in g] for g in duplicates if len({r["label"] for r in g}) > 1]
+    skipped = [f"{name}/{s}" for name, reader in readers_.items() for s in reader.skipped()]
+    per_source = {}
+    for s in chosen:
+        reader = readers_[s.name]
+        per_source[s.name] = {"path": s.path, "format": reader.name, "patient_ids_from": reader.patient_source(),
+                              **_counts([r for r in rows if r["source"] == s.name], spec)}
+    return {
+        "modality": spec.name,
+        "source": ", ".join(s.path for s in chosen),
+        "source_format": ", ".join(sorted({r.name for r in readers_.values()})),
+        "started_utc": started.isoformat(timespec="seconds"),
+        **_counts(rows, spec),
+        "inputs_sha256": sha256_file(inputs_csv),
+        "sources": per_source,
         "skipped_by_exclude": len(skipped),
         "skipped_examples": skipped[:10],
         "exact_duplicate_groups": len(duplicates),
@@ -174,20 +201,48 @@ def parse_label_map(text: str | None) -> dict[str, int] | None:
     for pair in text.split(","):
         name, sep, value = pair.partition("=")
         if not sep or value.strip() not in ("0", "1"):
-            raise ValueError(f"--label-map entry {pair!r} is not folder=0 or folder=1 (e.g. malignant=1,benign=0)")
+            raise ValueError(f"--label-map entry {pair!r} is not name=0 or name=1 (e.g. malignant=1,benign=0)")
         result[name.strip()] = int(value)
     return result
+
+
+def source_from_args(args) -> list:
+    """The sources the command line names: ``--sources FILE.json``, or one ``--source`` with its
+    format options."""
+    if args.sources:
+        if args.source:
+            raise cli.UserError("give --source or --sources, not both")
+        return sources_.parse(Path(args.sources))
+    if not args.source:
+        raise cli.UserError("give --source PATH (or --sources FILE.json for several)")
+    default_label = None if args.default_label.lower() == "none" else int(args.default_label)
+    fmt = args.source_format or ("manifest" if args.manifest else "")
+    options = {"format": fmt, "label_map": parse_label_map(args.label_map), "default_label": default_label}
+    if fmt == "manifest":
+        options.update(manifest=args.manifest or "", image_column=args.image_column or "",
+                       label_column=args.label_column or "", patient_column=args.patient_column or "",
+                       path_template=args.path_template)
+    return [sources_.single(Path(args.source).resolve(), args.source_name, **options)]
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m components.extract", description=__doc__.split("\n\n")[0])
     ap.add_argument("--modality", required=True, choices=list(catalog.MODALITIES))
-    ap.add_argument("--source", required=True, help="dataset root (DDSM .tfrecords file/folder, class folders, IDC tree)")
+    ap.add_argument("--source", help="dataset root (DDSM .tfrecords file/folder, class folders, IDC tree, "
+                                     "or the folder a --manifest's paths are relative to)")
+    ap.add_argument("--sources", help="a JSON file listing several sources (components.sources)")
+    ap.add_argument("--source-name", help="the source's name in every record (default: its folder's name)")
     ap.add_argument("--out", required=True, help="output folder (replaced atomically)")
     ap.add_argument("--format", dest="source_format", choices=list(readers.FORMATS),
-                    help="source format (default: the modality's, see components.catalog)")
-    ap.add_argument("--label-map", help="class folders only: folder=label pairs, e.g. malignant=1,benign=0,normal=0")
+                    help="source format (default: the modality's, see components.catalog; manifest with --manifest)")
+    ap.add_argument("--label-map", help="class folders: folder=label pairs, e.g. malignant=1,benign=0,normal=0; "
+                                        "manifest: value=label pairs of the label column")
     ap.add_argument("--default-label", default="0", help="class folders only: label of folders not in the map, or 'none' to quarantine them")
+    ap.add_argument("--manifest", help="a CSV listing the images (path or ID, label, patient), relative to --source")
+    ap.add_argument("--image-column", help="manifest: the column holding the image's path or ID")
+    ap.add_argument("--path-template", default="{}", help="manifest: the path of an image from its ID, e.g. 'Images/{}.png'")
+    ap.add_argument("--label-column", help="manifest: the column holding the label (mapped by --label-map)")
+    ap.add_argument("--patient-column", help="manifest: the column naming the patient (default: every image its own)")
     ap.add_argument("--max-quarantine", type=float, default=0.01, help="fail when more than this fraction is quarantined (default 0.01)")
     ap.add_argument("--num-shards", type=int, default=0, help="TFRecord shards (0: the runner decides)")
     ap.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS)
@@ -196,9 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cli(args, beam_args):
-    default_label = None if args.default_label.lower() == "none" else int(args.default_label)
-    summary = run(args.modality, args.source, args.out, args.source_format, parse_label_map(args.label_map),
-                  default_label, args.max_quarantine, args.num_shards, args.max_pixels, beam_args)
+    summary = run(args.modality, source_from_args(args), args.out, args.max_quarantine, args.num_shards,
+                  args.max_pixels, beam_args)
     print(json.dumps({k: summary[k] for k in ("records_written", "labels", "patients", "quarantined",
                                               "quarantine_reasons")}, indent=None))
 

@@ -1,4 +1,5 @@
-"""Readers for the three real source formats (ARCHITECTURE.md, "Source formats").
+"""Readers for the real source formats (ARCHITECTURE.md, "Source formats"): the DDSM
+TFRecords, class folders, the IDC patient tree and a manifest (image files listed in a CSV).
 
 A reader works in two phases so a Beam pipeline can spread the work: ``units()`` lists cheap
 work units on the driver (files), and ``items(unit)`` runs on a worker and yields one
@@ -66,6 +67,9 @@ class ClassFolderReader:
     def skipped(self) -> list[str]:
         return [_relative(p, self.root) for p in _visible_files(self.root) if self.excluded(p)]
 
+    def patient_source(self) -> str:
+        return "image id (source has no patients)"
+
     def items(self, unit: str) -> Iterator[RawItem]:
         path = Path(unit)
         rel = path.relative_to(self.root)
@@ -99,6 +103,9 @@ class IdcTreeReader:
     def skipped(self) -> list[str]:
         return []
 
+    def patient_source(self) -> str:
+        return "folder names"
+
     def items(self, unit: str) -> Iterator[RawItem]:
         path = Path(unit)
         rel = path.relative_to(self.root)
@@ -115,6 +122,99 @@ class IdcTreeReader:
             elif m and m["patient"] != patient:
                 problem = f"file name's patient {m['patient']} differs from its folder {patient}"
         yield RawItem(rel.as_posix(), patient, label, path.read_bytes(), problem=problem)
+
+
+# --------------------------------------------------------------------------- a manifest CSV
+@dataclass(frozen=True)
+class ManifestReader:
+    """Image files listed in a CSV, one row an image, as hospitals export them and as BUS-BRA
+    is published (``Images/<ID>.png`` + ``bus_data.csv``): ``image_column`` holds a path relative
+    to ``root`` or an ID that ``path_template`` turns into one (``Images/{}.png``),
+    ``label_column`` a value that ``label_map`` maps to 0/1 (case-insensitive), and
+    ``patient_column`` the patient (else each image is its own patient).
+
+    A bad row becomes a quarantined item with its reason, never a crash: a missing file, a path
+    leaving ``root``, an unknown label, an empty patient, a file listed twice (the first row is
+    kept when the rows agree on the label; every row is refused when they do not)."""
+    root: Path
+    manifest: str
+    image_column: str
+    label_column: str
+    label_map: dict[str, int]
+    patient_column: str = ""
+    path_template: str = "{}"
+    name = "manifest"
+
+    def csv_path(self) -> Path:
+        path = Path(self.manifest)
+        return path if path.is_absolute() else self.root / path
+
+    def rows(self) -> list[dict]:
+        path = self.csv_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest {path} not found")
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            wanted = [c for c in (self.image_column, self.label_column, self.patient_column) if c]
+            missing = [c for c in wanted if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"manifest {path.name} has no column {', '.join(map(repr, missing))}; "
+                                 f"its columns are {', '.join(reader.fieldnames or [])}")
+            return list(reader)
+
+    def units(self) -> list[tuple]:
+        """(row number, path relative to root, label, patient, problem) per row; the problems a
+        row shows on its own or beside the others are found here, before any image is read."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root} is not a folder (the manifest's paths are relative to it)")
+        labels = {k.strip().lower(): v for k, v in self.label_map.items()}
+        root = self.root.resolve()
+        units, by_file = [], {}
+        for number, row in enumerate(self.rows(), start=2):           # line 1 is the header
+            ref = (row.get(self.image_column) or "").strip()
+            rel = self.path_template.format(ref) if ref else ""
+            value = (row.get(self.label_column) or "").strip()
+            label = labels.get(value.lower())
+            patient = (row.get(self.patient_column) or "").strip() if self.patient_column else rel
+            problem = None
+            resolved = (root / rel).resolve() if rel else None
+            if not ref:
+                problem = f"row {number}: empty {self.image_column!r}"
+            elif resolved is None or not resolved.is_relative_to(root):
+                problem = f"row {number}: {rel!r} leaves the source folder"
+            elif not resolved.is_file():
+                problem = f"row {number}: {rel} does not exist"
+            elif label is None:
+                problem = f"row {number}: label {value!r} is not in the label map {sorted(self.label_map)}"
+            elif not patient:
+                problem = f"row {number}: empty patient column {self.patient_column!r}"
+            if resolved is not None and problem is None:
+                by_file.setdefault(resolved, []).append(len(units))
+            units.append([number, rel, label, patient, problem])
+        for indices in by_file.values():
+            if len(indices) > 1:
+                rows = " and ".join(str(units[i][0]) for i in indices)
+                agree = len({units[i][2] for i in indices}) == 1
+                for k, i in enumerate(indices):
+                    if not agree:
+                        units[i][4] = f"rows {rows} list the same file with different labels"
+                    elif k:
+                        units[i][4] = f"rows {rows} list the same file; row {units[indices[0]][0]} is kept"
+        return [tuple(u) for u in units]
+
+    def skipped(self) -> list[str]:
+        return []
+
+    def patient_source(self) -> str:
+        return f"{Path(self.manifest).name}:{self.patient_column}" if self.patient_column else "image id (no patient column)"
+
+    def items(self, unit: tuple) -> Iterator[RawItem]:
+        number, rel, label, patient, problem = unit
+        if problem:   # a refused row's id names its row: two rows may list one file
+            yield RawItem(f"{rel} (row {number})" if rel else f"row {number}", patient or f"row {number}", label, b"",
+                          problem=problem)
+            return
+        yield RawItem(rel, patient, label, (self.root / rel).read_bytes())
 
 
 # --------------------------------------------------------------------------- DDSM TFRecords
@@ -143,6 +243,9 @@ class DdsmReader:
 
     def skipped(self) -> list[str]:
         return []
+
+    def patient_source(self) -> str:
+        return self.patient_index(Path(self.units()[0]))[1] or "image id (source has no patients)"
 
     @staticmethod
     def patient_index(path: Path) -> tuple[list[str] | None, str | None]:
@@ -202,7 +305,8 @@ class DdsmReader:
             yield RawItem(source_id, patient, label, data, raw_shape=(DDSM_SIDE, DDSM_SIDE), problem=problem)
 
 
-FORMATS = {"ddsm": DdsmReader, "class_folders": ClassFolderReader, "idc_tree": IdcTreeReader}
+FORMATS = {"ddsm": DdsmReader, "class_folders": ClassFolderReader, "idc_tree": IdcTreeReader,
+           "manifest": ManifestReader}
 
 
 def make_reader(source_format: str, root: str | Path, **options):

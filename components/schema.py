@@ -5,6 +5,7 @@ goes through this module, so a feature is renamed in one place only.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from tensorflow.core.example import example_pb2, feature_pb2
@@ -13,12 +14,13 @@ IMAGE = "image/encoded"    # PNG bytes, 8-bit, 1 (grayscale) or 3 (RGB) channels
 HEIGHT = "image/height"
 WIDTH = "image/width"
 LABEL = "label"            # int64, 0 or 1 (catalog.Modality.label_names)
-PATIENT = "patient_id"     # bytes; the image id when the source has no patient
-SOURCE = "source_id"       # bytes; where the record came from (path, or file#index)
+PATIENT = "patient_id"     # bytes; "<source>/<patient>" (the image id when the source has no patient)
+SOURCE_ID = "source_id"    # bytes; "<source>/<where in it>" (path, or file#index): unique in a run
 MODALITY = "modality"      # bytes; a catalog modality name
+SOURCE = "source"          # bytes; the name of the data source (site, dataset) the record came from
 
 INT_FEATURES = (HEIGHT, WIDTH, LABEL)
-BYTES_FEATURES = (IMAGE, PATIENT, SOURCE, MODALITY)
+BYTES_FEATURES = (IMAGE, PATIENT, SOURCE_ID, MODALITY, SOURCE)
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,10 @@ class Record:
     patient_id: str
     source_id: str
     modality: str
+    source: str = ""
 
     def with_image(self, image_png: bytes, height: int, width: int) -> "Record":
-        return Record(image_png, height, width, self.label, self.patient_id, self.source_id, self.modality)
+        return dataclasses.replace(self, image_png=image_png, height=height, width=width)
 
 
 def serialize(record: Record) -> bytes:
@@ -48,8 +51,9 @@ def serialize(record: Record) -> bytes:
         WIDTH: ints(record.width),
         LABEL: ints(record.label),
         PATIENT: byts(record.patient_id.encode()),
-        SOURCE: byts(record.source_id.encode()),
+        SOURCE_ID: byts(record.source_id.encode()),
         MODALITY: byts(record.modality.encode()),
+        SOURCE: byts(record.source.encode()),
     }
     return example_pb2.Example(features=feature_pb2.Features(feature=features)).SerializeToString()
 
@@ -57,7 +61,9 @@ def serialize(record: Record) -> bytes:
 def deserialize(data: bytes) -> Record:
     feature = example_pb2.Example.FromString(data).features.feature
 
-    def one(name, kind):
+    def one(name, kind, default=None):
+        if default is not None and name not in feature:      # records written before the feature existed
+            return default
         values = getattr(feature[name], kind).value
         if len(values) != 1:
             raise ValueError(f"feature {name!r} must hold exactly one value, found {len(values)}")
@@ -69,8 +75,9 @@ def deserialize(data: bytes) -> Record:
         width=one(WIDTH, "int64_list"),
         label=one(LABEL, "int64_list"),
         patient_id=one(PATIENT, "bytes_list").decode(),
-        source_id=one(SOURCE, "bytes_list").decode(),
+        source_id=one(SOURCE_ID, "bytes_list").decode(),
         modality=one(MODALITY, "bytes_list").decode(),
+        source=one(SOURCE, "bytes_list", b"").decode(),
     )
 
 
@@ -80,4 +87,5 @@ def feature_spec():
 
     spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in INT_FEATURES}
     spec.update({name: tf.io.FixedLenFeature([], tf.string) for name in BYTES_FEATURES})
+    spec[SOURCE] = tf.io.FixedLenFeature([], tf.string, default_value="")
     return spec

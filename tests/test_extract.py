@@ -46,24 +46,25 @@ def test_awkward_files_are_read_correctly_or_quarantined_with_a_reason(messy_fol
     inputs = _rows(tmp_path / "out" / "inputs.csv")
     quarantine = {r["source_id"]: r["reason"] for r in csv.DictReader((tmp_path / "out" / "quarantine.csv").open())}
     assert quarantine == {
-        "benign/zero-bytes.png": "empty file (0 bytes)",
-        "benign/truncated.png": "corrupt or truncated PNG: image file is truncated",
-        "malignant/notes.png": "not an image: the content is no known image format",
+        "busi/benign/zero-bytes.png": "empty file (0 bytes)",
+        "busi/benign/truncated.png": "corrupt or truncated PNG: image file is truncated",
+        "busi/malignant/notes.png": "not an image: the content is no known image format",
     }
     assert summary["quarantined"] == 3 and summary["skipped_by_exclude"] == 1   # the lesion mask
     written = {schema.deserialize(r).source_id: schema.deserialize(r) for r in records.read_records(tmp_path / "out")}
     assert len(written) == 40 + 2 == summary["records_written"]
     # 16-bit grayscale: read, stretched to the full 8-bit range, label from its folder
-    sixteen = written["malignant/sixteen-bit.png"]
+    sixteen = written["busi/malignant/sixteen-bit.png"]
     pixels = np.asarray(Image.open(io.BytesIO(sixteen.image_png)))
     assert pixels.dtype == np.uint8 and pixels.shape == deep.shape
     assert pixels.min() == 0 and pixels.max() == 255 and sixteen.label == 1
     assert np.corrcoef(pixels.ravel(), deep.ravel())[0, 1] > 0.999
     # CMYK JPEG: converted to RGB, close to the colours it was made from
-    cmyk = written["normal/cmyk.jpg"]
+    cmyk = written["busi/normal/cmyk.jpg"]
     back = np.asarray(Image.open(io.BytesIO(cmyk.image_png)))
     assert back.shape == rgb.shape and np.abs(back.astype(int) - rgb).mean() < 12 and cmyk.label == 0
-    assert inputs["benign/zero-bytes.png"]["status"] == "quarantined: empty file (0 bytes)"
+    assert inputs["busi/benign/zero-bytes.png"]["status"] == "quarantined: empty file (0 bytes)"
+    assert {r.source for r in written.values()} == {"busi"} and inputs["busi/benign/zero-bytes.png"]["source"] == "busi"
 
 
 def test_too_many_quarantined_fails_clearly_and_publishes_nothing(messy_folder, tmp_path):
@@ -91,8 +92,9 @@ def test_sample_data_extracts_with_both_classes_and_patients(modality, sample_so
     recs = [schema.deserialize(r) for r in records.read_records(tmp_path / "ex")]
     assert {r.modality for r in recs} == {modality}
     assert len({r.source_id for r in recs}) == 60
+    assert {r.source for r in recs} == {modality} and all(r.source_id.startswith(f"{modality}/") for r in recs)
     if modality == "histopathology":
-        assert summary["patients"] == 6 and summary["patient_ids_from"] == "folder names"
+        assert summary["patients"] == 6 and summary["sources"][modality]["patient_ids_from"] == "folder names"
     json.loads((tmp_path / "ex" / "summary.json").read_text())
 
 
@@ -136,8 +138,8 @@ def test_ddsm_empty_label_and_truncated_file_are_quarantined_not_a_crash(tmp_pat
     (root / "b.tfrecords").write_bytes(whole[: len(whole) - 5000])      # cut inside the last record
     summary = extract.run("mammography", root, tmp_path / "out", max_quarantine=0.5)
     quarantine = {r["source_id"]: r["reason"] for r in csv.DictReader((tmp_path / "out" / "quarantine.csv").open())}
-    assert quarantine["a.tfrecords#3"] == "record lacks feature(s) label_normal (empty)"
-    assert "b.tfrecords is corrupt from record 2 on" in quarantine["b.tfrecords#2"]
+    assert quarantine["ddsm/a.tfrecords#3"] == "record lacks feature(s) label_normal (empty)"
+    assert "b.tfrecords is corrupt from record 2 on" in quarantine["ddsm/b.tfrecords#2"]
     assert summary["records_written"] == 5 and summary["quarantined"] == 2
 
 
@@ -167,3 +169,76 @@ def test_a_16_bit_image_decodes_without_float64_copies():
     assert images.decode(buf.getvalue(), max_pixels=20_000).pixels.shape == (100, 100)
     with pytest.raises(images.ImageRejected, match="over the budget"):
         images.decode(buf.getvalue(), max_pixels=10_000)          # its pixels allowed, their bytes not
+
+
+def _manifest_folder(tmp_path, rows: list[tuple[str, str, str]]):
+    """Images/<id>.png for ids img0..img9 and a CSV of (ID, Pathology, Case) rows."""
+    root = tmp_path / "site"
+    (root / "Images").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        (root / "Images" / f"img{i}.png").write_bytes(_png(rng.integers(0, 256, (40, 48)).astype(np.uint8)))
+    (tmp_path / "outside.png").write_bytes(_png(np.zeros((40, 40), np.uint8)))
+    with (root / "table.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "Pathology", "Case"])
+        w.writerows(rows)
+    return root
+
+
+def test_a_manifest_with_bad_rows_quarantines_each_with_its_reason(tmp_path):
+    rows = [("img0", "benign", "c0"), ("img1", "Malignant", "c0"), ("img2", "benign", "c1"),
+            ("missing", "benign", "c2"),                 # row 5: no such file
+            ("img3", "suspicious", "c3"),                # row 6: a label outside the map
+            ("img4", "benign", "c4"), ("img4", "benign", "c4"),          # rows 7, 8: listed twice, labels agree
+            ("img5", "benign", "c5"), ("img5", "malignant", "c5"),       # rows 9, 10: twice, labels disagree
+            ("../../outside", "benign", "c6"),           # row 11: a path leaving the folder
+            ("img6", "malignant", ""),                   # row 12: no patient
+            ("img7", "malignant", "c7"), ("img8", "benign", "c8"), ("img9", "malignant", "c9")]
+    root = _manifest_folder(tmp_path, rows)
+    source = {"name": "site", "path": str(root), "format": "manifest", "manifest": "table.csv", "image_column": "ID",
+              "path_template": "Images/{}.png", "label_column": "Pathology", "label_map": {"malignant": 1, "benign": 0},
+              "patient_column": "Case"}
+    summary = extract.run("ultrasound", [source], tmp_path / "out", max_quarantine=0.9)
+    quarantine = {r["source_id"]: r["reason"] for r in csv.DictReader((tmp_path / "out" / "quarantine.csv").open())}
+    assert quarantine == {
+        "site/Images/missing.png (row 5)": "row 5: Images/missing.png does not exist",
+        "site/Images/img3.png (row 6)": "row 6: label 'suspicious' is not in the label map ['benign', 'malignant']",
+        "site/Images/img4.png (row 8)": "rows 7 and 8 list the same file; row 7 is kept",
+        "site/Images/img5.png (row 9)": "rows 9 and 10 list the same file with different labels",
+        "site/Images/img5.png (row 10)": "rows 9 and 10 list the same file with different labels",
+        "site/Images/../../outside.png (row 11)": "row 11: 'Images/../../outside.png' leaves the source folder",
+        "site/Images/img6.png (row 12)": "row 12: empty patient column 'Case'",
+    }
+    written = {r.source_id: r for r in map(schema.deserialize, records.read_records(tmp_path / "out"))}
+    assert sorted(written) == [f"site/Images/img{i}.png" for i in (0, 1, 2, 4, 7, 8, 9)]
+    assert written["site/Images/img1.png"].label == 1 and written["site/Images/img0.png"].label == 0   # case-insensitive
+    assert written["site/Images/img0.png"].patient_id == written["site/Images/img1.png"].patient_id == "site/c0"
+    assert summary["sources"]["site"]["patient_ids_from"] == "table.csv:Case"
+    assert summary["quarantined"] == 7 and summary["records_written"] == 7
+
+
+def test_manifest_options_on_the_command_line_and_a_wrong_column(tmp_path):
+    root = _manifest_folder(tmp_path, [(f"img{i}", "malignant" if i % 2 else "benign", f"c{i // 2}") for i in range(10)])
+    common = ["components.extract", "--modality", "ultrasound", "--source", str(root), "--manifest", "table.csv",
+              "--image-column", "ID", "--path-template", "Images/{}.png", "--label-map", "malignant=1,benign=0",
+              "--patient-column", "Case"]
+    ok = run_cli(*common, "--label-column", "Pathology", "--out", str(tmp_path / "ok"))
+    assert json.loads(ok.stdout)["records_written"] == 10 and json.loads(ok.stdout)["patients"] == 5
+    wrong = run_cli(*common, "--label-column", "Diagnosis", "--out", str(tmp_path / "bad"), check=False)
+    assert wrong.returncode == 2 and "no column 'Diagnosis'" in wrong.stderr and "ID, Pathology, Case" in wrong.stderr
+
+
+def test_two_sources_keep_their_names_and_may_reuse_image_and_patient_names(tmp_path):
+    """Every record says which source it came from; the same file and patient names in two
+    sources stay two images of two patients."""
+    a = sample_data.run("histopathology", tmp_path / "a", count=20, seed=1)
+    b = sample_data.run("histopathology", tmp_path / "b", count=20, seed=1)     # the same names
+    summary = extract.run("histopathology", [{"name": "north", "path": str(a)}, {"name": "south", "path": str(b)}],
+                          tmp_path / "out")
+    recs = [schema.deserialize(r) for r in records.read_records(tmp_path / "out")]
+    assert len({r.source_id for r in recs}) == 40 and {r.source for r in recs} == {"north", "south"}
+    assert len({r.patient_id for r in recs}) == 2 * summary["sources"]["north"]["patients"] == summary["patients"]
+    assert summary["sources"]["north"]["records_written"] == summary["sources"]["south"]["records_written"] == 20
+    with pytest.raises(ValueError, match="names must differ"):
+        extract.run("histopathology", [{"name": "x", "path": str(a)}, {"name": "x", "path": str(b)}], tmp_path / "o2")
