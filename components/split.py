@@ -1,13 +1,21 @@
-"""Split: extracted examples -> train/validation/test, stratified by label, grouped by patient.
+"""Split: extracted examples -> train/validation/test, grouped by patient within each source,
+stratified by the patient's labels, every source in every split.
 
-No patient is in two splits. Each class with at least three patients first gets one patient in
-every split, so no split lacks a class when the data allow it; the other patients are assigned
-greedily to the split whose per-class counts fall furthest below target (best of several
-seeded orders). The same examples and seed give byte-identical outputs and manifest.
+No patient is in two splits. A patient's stratum is its source and its label profile (only
+negatives, only positives, or both). In a stratum of at least ``HASH_MIN_GROUPS`` patients,
+a patient's split is a keyed hash of its source and id (HMAC-SHA256 keyed by the seed, buckets
+of the fractions, as TFX ExampleGen's hash buckets): it depends on nothing else, so adding data
+never moves an earlier patient to another split, and a test patient never lands in train.
+Smaller strata cannot fill three buckets by chance, so there the patients are assigned greedily
+to the split whose per-class counts fall furthest below target (best of several seeded orders,
+one patient of each class per split first); the manifest names which strata were assigned how,
+and says that those assignments may change when patients are added. Records are written in
+``source_id`` order, so the same examples and seed give byte-identical splits and manifest.
 
-Optionally (``--near-duplicate-r``), images whose 32x32 grayscale thumbnails correlate at or
-above r are merged into one group first: BUSI-style datasets file near-identical frames of one
-lesion as separate images, sometimes under different classes, which would leak across splits.
+Optionally (``--near-duplicate-r``), images of one source whose 32x32 grayscale thumbnails
+correlate at or above r are merged into one group first: BUSI-style datasets file near-identical
+frames of one lesion as separate images, sometimes under different classes, which would leak
+across splits.
 
     python -m components.split --examples DIR --out DIR2 [--seed S]
 """
@@ -16,6 +24,8 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import hashlib
+import hmac
 import io
 import json
 import math
@@ -26,10 +36,12 @@ import numpy as np
 
 from components import artifacts, catalog, cli, schema
 from components.atomic import staged_dir, write_json, write_text
-from components.records import content_digest, read_records, sha256_bytes, sha256_file, write_shards
+from components.records import content_digest, read_records, sha256_bytes, write_shards
 
 SPLITS = ("train", "validation", "test")
 RECORDS_PER_SHARD = 4096
+# a stratum this large fills every bucket by chance (an empty 15 % bucket: 0.85**40 = 0.15 %)
+HASH_MIN_GROUPS = 40
 
 
 @dataclass
@@ -38,6 +50,8 @@ class Meta:
     label: int
     digest: str
     modality: str
+    source: str
+    source_id: str
 
 
 def _thumbnail(png: bytes, side: int = 32) -> np.ndarray:
@@ -130,14 +144,54 @@ def _covering_groups(counts: np.ndarray, n_splits: int) -> list[tuple[int, int]]
     return sorted(chosen.items())
 
 
-def run(examples: str | Path, out: str | Path, seed: int = 0, fractions=(0.7, 0.15, 0.15),
-        near_duplicate_r: float | None = None) -> dict:
-    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
-        raise ValueError(f"fractions {fractions} must be three positive numbers summing to 1")
+def hash_unit(seed: int, source: str, group: str) -> float:
+    """A group's place in [0, 1): a keyed hash of its source and name, nothing else."""
+    digest = hmac.new(f"bcimaging-split:{seed}".encode(), f"{source}\0{group}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def stratum(counts: np.ndarray) -> str:
+    return "both" if counts.min() > 0 else ("positive" if counts[1] else "negative")
+
+
+def partition(group_source: dict[str, str], group_counts: dict[str, np.ndarray], fractions: tuple[float, ...],
+              seed: int) -> tuple[dict[str, int], dict[str, str]]:
+    """Each group's part (index into ``fractions``) and how each (source, stratum) was assigned:
+    hash buckets in strata of at least HASH_MIN_GROUPS groups, the greedy balance below."""
+    edges = np.cumsum(fractions)[:-1]
+    strata = collections.defaultdict(list)
+    for g in sorted(group_counts):
+        strata[(group_source[g], stratum(group_counts[g]))].append(g)
+    assigned, methods, small = {}, {}, collections.defaultdict(dict)
+    for (source, kind), groups in sorted(strata.items()):
+        if len(groups) >= HASH_MIN_GROUPS:
+            methods[f"{source}/{kind}"] = f"hash buckets ({len(groups)} patients/groups)"
+            for g in groups:
+                assigned[g] = int(np.searchsorted(edges, hash_unit(seed, source, g), side="right"))
+        else:
+            methods[f"{source}/{kind}"] = f"greedy balance ({len(groups)} patients/groups, may change as data grow)"
+            small[source].update({g: group_counts[g] for g in groups})
+    for source, counts in sorted(small.items()):
+        assigned.update(assign_groups(counts, fractions, seed))
+    return assigned, methods
+
+
+@dataclass
+class Examples:
+    """What a split needs to know of every record, and the group (patient or near-duplicate
+    group) each record is split with."""
+    metas: list[Meta]
+    groups: list[str]
+    spec: catalog.Modality
+    near_duplicate_r: float
+    merged_pairs: int
+
+
+def load(examples: str | Path, near_duplicate_r: float | None = None) -> Examples:
     metas, thumbs = [], []
     for raw in cli.progress(read_records(examples), desc="split: read", unit="rec"):
         r = schema.deserialize(raw)
-        metas.append(Meta(r.patient_id, r.label, sha256_bytes(raw), r.modality))
+        metas.append(Meta(r.patient_id, r.label, sha256_bytes(raw), r.modality, r.source, r.source_id))
         if near_duplicate_r is None:           # the modality's default, known from the first record
             near_duplicate_r = catalog.modality(r.modality).near_duplicate_r
         if near_duplicate_r:
@@ -147,66 +201,113 @@ def run(examples: str | Path, out: str | Path, seed: int = 0, fractions=(0.7, 0.
         raise cli.UserError(f"{examples} mixes modalities {sorted(modalities)}; split one modality at a time")
     spec = catalog.modality(modalities.pop())
     groups = [m.patient_id for m in metas]
-    merged_pairs = []
+    merged = 0
     if near_duplicate_r:
-        merged_pairs = near_duplicate_pairs(np.stack(thumbs), near_duplicate_r)
-        groups = merge_groups(groups, merged_pairs)
-    counts: dict[str, np.ndarray] = collections.defaultdict(lambda: np.zeros(2, dtype=np.int64))
-    for g, m in zip(groups, metas):
-        counts[g][m.label] += 1
-    assignment = assign_groups(dict(counts), tuple(fractions), seed)
-    split_of = [assignment[g] for g in groups]
+        thumbs = np.stack(thumbs)
+        for source in sorted({m.source for m in metas}):      # frames of one source only
+            idx = [i for i, m in enumerate(metas) if m.source == source]
+            pairs = near_duplicate_pairs(thumbs[idx], near_duplicate_r)
+            for i, g in zip(idx, merge_groups([groups[i] for i in idx], pairs)):
+                groups[i] = g
+            merged += len(pairs)
+    return Examples(metas, groups, spec, near_duplicate_r or 0.0, merged)
 
+
+def group_table(ex: Examples, members: list[int] | None = None) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(group -> source, group -> per-class record counts) over ``members`` (default: all)."""
+    source, counts = {}, collections.defaultdict(lambda: np.zeros(2, dtype=np.int64))
+    for i in range(len(ex.metas)) if members is None else members:
+        source[ex.groups[i]] = ex.metas[i].source
+        counts[ex.groups[i]][ex.metas[i].label] += 1
+    return source, dict(counts)
+
+
+def check_fractions(fractions) -> tuple[float, ...]:
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
+        raise ValueError(f"fractions {fractions} must be three positive numbers summing to 1")
+    return tuple(fractions)
+
+
+def run(examples: str | Path, out: str | Path, seed: int = 0, fractions=(0.7, 0.15, 0.15),
+        near_duplicate_r: float | None = None) -> dict:
+    fractions = check_fractions(fractions)
+    ex = load(examples, near_duplicate_r)
+    assigned, methods = partition(*group_table(ex), fractions, seed)
+    split_of = [assigned[g] for g in ex.groups]
     with staged_dir(out) as stage:
-        manifest_splits = {}
-        for s, name in enumerate(SPLITS):
-            members = [i for i, x in enumerate(split_of) if x == s]
-            shards = max(1, math.ceil(len(members) / RECORDS_PER_SHARD))
-            wanted = set(members)
-            stream = (raw for i, raw in enumerate(read_records(examples)) if i in wanted)
-            files = write_shards(cli.progress(stream, total=len(members), desc=f"split: {name}", unit="rec"),
-                                 stage / name, "part", shards)
-            labels = [metas[i].label for i in members]
-            manifest_splits[name] = {
-                "records": len(members),
-                "labels": {spec.label_names[k]: labels.count(k) for k in (0, 1)},
-                "positive_ratio": round(labels.count(1) / len(labels), 4) if labels else None,
-                "patients": len({metas[i].patient_id for i in members}),
-                "groups": len({groups[i] for i in members}),
-                "content_sha256": content_digest(metas[i].digest for i in members),
-                "files": [f.name for f in files],
-            }
-        patients_csv = _patients_table(metas, split_of, groups)
-        write_text(stage / artifacts.PATIENTS, patients_csv)
-        total = len(metas)
-        manifest = {
-            "modality": spec.name,
-            "seed": seed,
-            "fractions_requested": list(fractions),
-            "fractions_achieved": {n: round(manifest_splits[n]["records"] / total, 4) for n in SPLITS},
-            "records": total,
-            "patients": len({m.patient_id for m in metas}),
-            "grouping": "patient_id" + (f" + near-duplicate thumbnails r>={near_duplicate_r}" if near_duplicate_r else ""),
-            "near_duplicate_pairs_merged": len(merged_pairs),
-            "examples_content_sha256": content_digest(m.digest for m in metas),
-            "patients_csv_sha256": sha256_bytes(patients_csv.encode()),
-            "splits": manifest_splits,
-        }
-        write_json(stage / artifacts.MANIFEST, manifest)
+        return write_splits(examples, ex, split_of, stage, seed, fractions,
+                            {"assignment": methods, "assignment_rule": f"keyed hash (seed {seed}) in strata of "
+                             f">= {HASH_MIN_GROUPS} patients/groups, greedy balance below"})
+
+
+def write_splits(examples: str | Path, ex: Examples, split_of: list[int], stage: Path, seed: int, fractions,
+                 extra: dict) -> dict:
+    """Write ``train/ validation/ test/`` (records in ``source_id`` order), ``patients.csv`` and
+    ``manifest.json`` into ``stage``; ``split_of[i]`` is record i's split. Refuses a split that
+    lacks a source: every split must hold every source for per-source results to exist."""
+    sources = sorted({m.source for m in ex.metas})
+    for s, name in enumerate(SPLITS):
+        lacking = [src for src in sources if not any(x == s and m.source == src for x, m in zip(split_of, ex.metas))]
+        if lacking:
+            raise cli.UserError(f"the {name} split holds no record of source(s) {', '.join(lacking)}: too few "
+                                "patients there for three splits; add data or choose another seed")
+    by_split = collections.defaultdict(list)
+    for i, s in enumerate(split_of):
+        by_split[s].append(i)
+    raw = list(read_records(examples))
+    manifest_splits = {}
+    for s, name in enumerate(SPLITS):
+        members = sorted(by_split[s], key=lambda i: ex.metas[i].source_id)
+        shards = max(1, math.ceil(len(members) / RECORDS_PER_SHARD))
+        files = write_shards(cli.progress((raw[i] for i in members), total=len(members), desc=f"split: {name}",
+                                          unit="rec"), stage / name, "part", shards)
+        manifest_splits[name] = {**_counts(ex, members), "content_sha256": content_digest(ex.metas[i].digest for i in members),
+                                 "files": [f.name for f in files],
+                                 "sources": {src: _counts(ex, [i for i in members if ex.metas[i].source == src])
+                                             for src in sources}}
+    patients_csv = _patients_table(ex, split_of)
+    write_text(stage / artifacts.PATIENTS, patients_csv)
+    total = len(ex.metas)
+    manifest = {
+        "modality": ex.spec.name,
+        "seed": seed,
+        "fractions_requested": list(fractions),
+        "fractions_achieved": {n: round(manifest_splits[n]["records"] / total, 4) for n in SPLITS},
+        "records": total,
+        "patients": len({m.patient_id for m in ex.metas}),
+        "sources": sources,
+        "grouping": "patient_id within its source" + (
+            f" + near-duplicate thumbnails r>={ex.near_duplicate_r}" if ex.near_duplicate_r else ""),
+        "near_duplicate_pairs_merged": ex.merged_pairs,
+        **extra,
+        "examples_content_sha256": content_digest(m.digest for m in ex.metas),
+        "patients_csv_sha256": sha256_bytes(patients_csv.encode()),
+        "splits": manifest_splits,
+    }
+    write_json(stage / artifacts.MANIFEST, manifest)
     return manifest
 
 
-def _patients_table(metas: list[Meta], split_of: list[int], groups: list[str]) -> str:
-    """patient_id, the group it was split with (itself, or the near-duplicate group it joined:
-    the unit a cluster bootstrap resamples), its split and label counts."""
-    rows = collections.defaultdict(lambda: [None, None, 0, 0])
-    for m, s, g in zip(metas, split_of, groups):
+def _counts(ex: Examples, members: list[int]) -> dict:
+    labels = [ex.metas[i].label for i in members]
+    return {"records": len(members),
+            "labels": {ex.spec.label_names[k]: labels.count(k) for k in (0, 1)},
+            "positive_ratio": round(labels.count(1) / len(labels), 4) if labels else None,
+            "patients": len({ex.metas[i].patient_id for i in members}),
+            "groups": len({ex.groups[i] for i in members})}
+
+
+def _patients_table(ex: Examples, split_of: list[int]) -> str:
+    """patient_id, its source, the group it was split with (itself, or the near-duplicate group
+    it joined: the unit a cluster bootstrap resamples), its split and label counts."""
+    rows = collections.defaultdict(lambda: [None, None, None, 0, 0])
+    for m, s, g in zip(ex.metas, split_of, ex.groups):
         row = rows[m.patient_id]
-        row[0], row[1] = g, SPLITS[s]
-        row[2 + m.label] += 1
+        row[0], row[1], row[2] = m.source, g, SPLITS[s]
+        row[3 + m.label] += 1
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient_id", "group", "split", "negatives", "positives"])
+    w.writerow(["patient_id", "source", "group", "split", "negatives", "positives"])
     for p in sorted(rows):
         w.writerow([p, *rows[p]])
     return buf.getvalue()

@@ -27,7 +27,7 @@ def test_data_layer_commands_run_end_to_end_on_sample_data(modality, tmp_path):
 
 REAL = {  # modality: (folder, records, patients)
     "ultrasound": ("busi", 505, 505),
-    "histopathology": ("idc", 5941, 13),
+    "histopathology": ("idc", 9984, 16),
     "mammography": ("ddsm", 468, 104),
 }
 
@@ -52,14 +52,38 @@ def test_real_datasets_extract_split_validate_without_crashes(modality, tmp_path
                  for r in map(schema.deserialize, records.read_records(tmp_path / "splits" / name))}
         for a, b in [("normal (45)", "normal (62)"), ("benign (18)", "benign (152)"),
                      ("benign (131)", "malignant (51)"), ("malignant (4)", "malignant (5)")]:
-            pa = f"{a.split(' ')[0]}/{a}.png"
-            pb = f"{b.split(' ')[0]}/{b}.png"
+            pa = f"busi/{a.split(' ')[0]}/{a}.png"
+            pb = f"busi/{b.split(' ')[0]}/{b}.png"
             assert where[pa] == where[pb], (pa, pb)
         assert manifest["near_duplicate_pairs_merged"] > 0
     if modality == "mammography":  # both films and all crops of a woman in one split
-        woman = {f"mias_roi.tfrecords#{r['record']}": r["woman"]
+        woman = {f"ddsm/mias_roi.tfrecords#{r['record']}": r["woman"]
                  for r in csv.DictReader((SHARED / "ddsm" / "mias_roi_index.csv").open())}
         split_of_woman = {}
         for name in split.SPLITS:
             for r in map(schema.deserialize, records.read_records(tmp_path / "splits" / name)):
                 assert split_of_woman.setdefault(woman[r.source_id], name) == name
+
+
+@needs_shared_datasets()
+def test_the_studys_ultrasound_sources_busi_and_busbra_split_per_source(tmp_path):
+    """BUS-BRA is read through its published manifest (bus_data.csv: Pathology, Case), beside
+    BUSI's class folders; both sources reach every split, no case in two splits."""
+    from components import sources
+
+    chosen = sources.study_sources("ultrasound", SHARED)
+    summary = extract.run("ultrasound", chosen, tmp_path / "ex")
+    busbra = summary["sources"]["busbra"]
+    assert busbra["records_written"] == 1081 and busbra["patients"] == 615 and busbra["quarantined"] == 0
+    assert busbra["labels"] == {"Benign or normal": 734, "Malignant": 347}
+    assert summary["sources"]["busi"]["records_written"] == 505
+    manifest = split.run(tmp_path / "ex", tmp_path / "splits", seed=0)
+    for name in split.SPLITS:
+        assert set(manifest["splits"][name]["sources"]) == {"busi", "busbra"}
+    cases = {}
+    for name in split.SPLITS:
+        for r in map(schema.deserialize, records.read_records(tmp_path / "splits" / name)):
+            if r.source == "busbra":
+                assert cases.setdefault(r.patient_id, name) == name
+    assert len(cases) == 615
+    assert manifest["assignment"]["busbra/negative"].startswith("hash buckets")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from components import extract, records, schema, split
+from components import extract, records, sample_data, schema, split
 from tests.conftest import SHARED, needs_shared_datasets, run_cli
 
 
@@ -77,9 +77,66 @@ def test_real_idc_tree_no_patient_in_two_splits_and_same_seed_same_manifest(tmp_
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
     seen = _patients_by_split(tmp_path / "a")
     _assert_disjoint(seen)
-    assert set().union(*seen.values()) == {p.name for p in (SHARED / "idc").iterdir() if p.is_dir()}
-    # only three patients have IDC-negative patches: one must land in each split
-    negatives = {r["patient_id"]: r["split"] for r in csv.DictReader((tmp_path / "a" / "patients.csv").open())
-                 if int(r["negatives"]) > 0}
-    assert sorted(negatives.values()) == ["test", "train", "validation"]
-    assert a["records"] == 5941
+    assert set().union(*seen.values()) == {f"idc/{p.name}" for p in (SHARED / "idc").iterdir() if p.is_dir()}
+    assert len(set().union(*seen.values())) == 16 and a["records"] == 9984
+    # ten patients have IDC-negative patches (a stratum too small for hash buckets): every split gets some
+    negatives = [r["split"] for r in csv.DictReader((tmp_path / "a" / "patients.csv").open()) if int(r["negatives"]) > 0]
+    assert len(negatives) == 10 and set(negatives) == set(split.SPLITS)
+    assert a["assignment"]["idc/both"].startswith("greedy balance")
+
+
+def _metas(n_patients: int, start: int = 0, sources=("a", "b")) -> "split.Examples":
+    rng = np.random.default_rng(start)
+    metas, groups = [], []
+    for k in range(start, start + n_patients):
+        source = sources[k % len(sources)]
+        label = int(rng.random() < 0.35)
+        for r in range(1 + k % 3):
+            metas.append(split.Meta(f"{source}/p{k}", label, f"d{k}-{r}", "ultrasound", source, f"{source}/p{k}/{r}"))
+            groups.append(f"{source}/p{k}")
+    return metas, groups
+
+
+def test_adding_patients_never_moves_an_earlier_one():
+    """The keyed-hash assignment of a patient depends on its source and id alone: a second data
+    drop of 40 % more patients leaves every earlier patient in its split (no test patient moves
+    into train), and the strata large enough for hashing are assigned by it."""
+    from types import SimpleNamespace
+
+    def assign(metas, groups):
+        ex = SimpleNamespace(metas=metas, groups=groups)
+        return split.partition(*split.group_table(ex), (0.7, 0.15, 0.15), seed=3)
+
+    metas, groups = _metas(400)
+    before, methods = assign(metas, groups)
+    assert all(m.startswith("hash buckets") for m in methods.values()), methods
+    more, more_groups = _metas(160, start=400)
+    after, _ = assign(metas + more, groups + more_groups)
+    assert {g: after[g] for g in before} == before
+    shares = np.bincount(list(after.values()), minlength=3) / len(after)
+    assert np.allclose(shares, [0.7, 0.15, 0.15], atol=0.05)
+    # another seed is another key: a different assignment
+    other, _ = split.partition(*split.group_table(SimpleNamespace(metas=metas, groups=groups)), (0.7, 0.15, 0.15), seed=4)
+    assert other != before
+
+
+def test_every_split_holds_every_source_and_no_patient_is_in_two(sample_sources, tmp_path):
+    root = tmp_path / "data"
+    a = sample_data.run("ultrasound", root / "a", count=40, seed=2)
+    b = sample_data.run("ultrasound", root / "b", count=40, seed=3)
+    extract.run("ultrasound", [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b)}], tmp_path / "ex")
+    manifest = split.run(tmp_path / "ex", tmp_path / "s", seed=0)
+    for name in split.SPLITS:
+        assert set(manifest["splits"][name]["sources"]) == {"a", "b"}
+        assert all(c["records"] > 0 and all(c["labels"].values()) for c in manifest["splits"][name]["sources"].values())
+    _assert_disjoint(_patients_by_split(tmp_path / "s"))
+    # records are written in source_id order: the same examples give the same bytes
+    ids = [schema.deserialize(r).source_id for r in records.read_records(tmp_path / "s" / "train")]
+    assert ids == sorted(ids)
+    # a source too small for three splits is refused with the reason
+    tiny = sample_data.run("ultrasound", root / "tiny", count=12, seed=4)
+    for f in sorted(tiny.rglob("*.*"))[2:]:
+        f.unlink()
+    extract.run("ultrasound", [{"name": "a", "path": str(a)}, {"name": "tiny", "path": str(tiny)}], tmp_path / "ex2")
+    with pytest.raises(Exception, match="holds no record of source"):
+        split.run(tmp_path / "ex2", tmp_path / "s2")
