@@ -60,28 +60,39 @@ def augmentation(name: str) -> Augmentation:
         raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}") from None
 
 
-def augmenter(policy: str | Augmentation, seed: int):
-    """A per-image function uint8 HxWxC (any channels) -> float32 HxWx3 applying ``policy``.
-    Flips, rotation, quarter turns, zoom and shift are one affine warp, so each image is
-    resampled once (Keras' separate RandomFlip/RandomRotation/RandomZoom layers resample it
-    three times, which was most of the input pipeline's time); grayscale is warped on its one
-    channel and expanded to RGB last."""
+# the uniforms one augmentation draws, in this order
+_DRAWS = ("angle", "quarter", "zoom", "flip_x", "flip_y", "dx", "dy", "contrast", "brightness", "hue", "saturation")
+
+
+def augmenter(policy: str | Augmentation):
+    """A per-image function (uint8 HxWxC image (any channels), int64 [2] stateless seed) ->
+    float32 HxWx3 applying ``policy``. Every random number is a stateless function of the
+    image's seed (``dataset`` gives each element its own, new each epoch, the same in every
+    run), so the augmentation is the same on every run whatever the order parallel map calls
+    finish in. Flips, rotation, quarter turns, zoom and shift are one affine warp, so each
+    image is resampled once (Keras' separate RandomFlip/RandomRotation/RandomZoom layers
+    resample it three times, which was most of the input pipeline's time); grayscale is warped
+    on its one channel and expanded to RGB last."""
     a = augmentation(policy) if isinstance(policy, str) else policy
-    rng = tf.random.Generator.from_seed(seed)
 
-    def sign(enabled: bool):
-        return tf.where(rng.uniform([]) < 0.5, -1.0, 1.0) if enabled else tf.constant(1.0)
+    def augment(image, seed):
+        u = dict(zip(_DRAWS, tf.unstack(tf.random.stateless_uniform([len(_DRAWS)], seed=seed))))
 
-    def augment(image):
+        def between(name, low, high):
+            return low + (high - low) * u[name]
+
+        def sign(name, enabled: bool):
+            return tf.where(u[name] < 0.5, -1.0, 1.0) if enabled else tf.constant(1.0)
+
         shape = tf.shape(image)
         h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-        angle = rng.uniform([], -a.rotate_deg, a.rotate_deg + 1e-6) * (math.pi / 180.0)
+        angle = between("angle", -a.rotate_deg, a.rotate_deg) * (math.pi / 180.0)
         if a.quarter_turns:
-            angle += tf.cast(rng.uniform([], 0, 4, dtype=tf.int32), tf.float32) * (math.pi / 2)
-        zoom = rng.uniform([], a.zoom[0], a.zoom[1] + 1e-6)
-        fx, fy = sign(a.horizontal_flip), sign(a.vertical_flip)
-        dx = rng.uniform([], -a.translate, a.translate + 1e-6) * w
-        dy = rng.uniform([], -a.translate, a.translate + 1e-6) * h
+            angle += tf.floor(u["quarter"] * 4.0) * (math.pi / 2)
+        zoom = between("zoom", a.zoom[0], a.zoom[1])
+        fx, fy = sign("flip_x", a.horizontal_flip), sign("flip_y", a.vertical_flip)
+        dx = between("dx", -a.translate, a.translate) * w
+        dy = between("dy", -a.translate, a.translate) * h
         cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
         cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
         # output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2)
@@ -92,12 +103,12 @@ def augmenter(policy: str | Augmentation, seed: int):
             fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
         if a.contrast:
             mean = tf.reduce_mean(warped)
-            warped = (warped - mean) * rng.uniform([], 1.0 - a.contrast, 1.0 + a.contrast) + mean
-        warped = tf.clip_by_value(warped + rng.uniform([], -a.brightness, a.brightness + 1e-6), 0.0, 255.0)
+            warped = (warped - mean) * between("contrast", 1.0 - a.contrast, 1.0 + a.contrast) + mean
+        warped = tf.clip_by_value(warped + between("brightness", -a.brightness, a.brightness), 0.0, 255.0)
         rgb = preprocess.to_rgb(warped)
         if a.stain_jitter:
-            rgb = tf.image.random_hue(rgb / 255.0, 0.05, seed=seed + 4)
-            rgb = tf.clip_by_value(tf.image.random_saturation(rgb, 0.9, 1.1, seed=seed + 5), 0.0, 1.0) * 255.0
+            rgb = tf.image.adjust_hue(rgb / 255.0, between("hue", -0.05, 0.05))
+            rgb = tf.clip_by_value(tf.image.adjust_saturation(rgb, between("saturation", 0.9, 1.1)), 0.0, 1.0) * 255.0
         return rgb
 
     return augment
@@ -106,28 +117,36 @@ def augmenter(policy: str | Augmentation, seed: int):
 def dataset(split_dir: str | Path, modality: str, image_size: int, batch_size: int, training: bool,
             seed: int = 0, with_ids: bool = False, augment_with: str | None = None) -> tf.data.Dataset:
     """(images float32 [B, S, S, 3] in 0..255, labels float32 [B]) batches; with ids, also
-    (source_id, patient_id) for evaluation reports. Training batches are shuffled and
-    augmented with the policy ``augment_with`` (default: the modality's)."""
+    (source_id, patient_id, source) for evaluation reports. Training batches are shuffled and
+    augmented with the policy ``augment_with`` (default: the modality's).
+
+    The same files and seed give the same batches on every run: records are read in file order
+    (the split writes them sorted), the shuffle is seeded, each element draws its augmentation
+    from a stateless seed of its own (a seeded random stream, new each epoch), and the parallel
+    map keeps the input order."""
     files, kind = _files(split_dir)
-    spec = {k: v for k, v in schema.feature_spec().items() if k in (schema.IMAGE, schema.LABEL, schema.SOURCE, schema.PATIENT)}
+    spec = {k: v for k, v in schema.feature_spec().items()
+            if k in (schema.IMAGE, schema.LABEL, schema.SOURCE_ID, schema.PATIENT, schema.SOURCE)}
     ds = tf.data.TFRecordDataset(files, compression_type=kind, num_parallel_reads=min(len(files), 8))
+    policy = augment_with or catalog.modality(modality).augmentation
+    augment = augmenter(policy) if training and policy != "none" else None
     if training:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    if augment is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, seeds))
 
-    policy = augment_with or catalog.modality(modality).augmentation
-    augment = augmenter(policy, seed) if training and policy != "none" else None
-
-    def parse(raw):
+    def parse(raw, element_seed=None):
         f = tf.io.parse_single_example(raw, spec)
         image = preprocess.decode(f[schema.IMAGE])
         if augment is None:
             image = preprocess.model_input(image, modality, image_size)
         else:
-            image = augment(preprocess.prepare(image, modality, image_size))
+            image = augment(preprocess.prepare(image, modality, image_size), element_seed)
         label = tf.cast(f[schema.LABEL], tf.float32)
-        return (image, label, f[schema.SOURCE], f[schema.PATIENT]) if with_ids else (image, label)
+        return (image, label, f[schema.SOURCE_ID], f[schema.PATIENT], f[schema.SOURCE]) if with_ids else (image, label)
 
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
 
 

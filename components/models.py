@@ -14,7 +14,12 @@ model to ImageNet's conventions and a few hundred images must train it from rand
   hundred steps otherwise validates with statistics that still remember the first batches
   (this is what made ResNet50 from scratch answer one constant);
 - ResNet50's residual branches start at zero (the last BatchNormalization of each, gamma 0), so
-  each block starts as the identity.
+  each block starts as the identity;
+- VGG16 is built with BatchNormalization after every convolution (torchvision's ``vgg16_bn``):
+  plain VGG16 has nothing that keeps its 13 stacked activations at a sane scale, and from
+  scratch it collapsed in two of four study runs (every image answered about 0.50). The layer
+  names stay VGG16's: ``block<b>_conv<c>`` is the activated output (as in Keras' VGG16, whose
+  convolutions carry their ReLU), its parts ``..._conv`` and ``..._bn``.
 
 The backbone's layers are built flat into the model (not nested), so the unfreeze policy and
 Grad-CAM can address them by name.
@@ -36,14 +41,13 @@ class BackboneSpec:
     preprocessing: str          # keras.applications mode: "caffe" (BGR, mean) or "torch"
     unfreeze_from: str          # progressive stage 2 trains every layer from the first named so on
     last_conv: str              # Grad-CAM target
-    # from scratch, the peak learning rate is the configured one times this: VGG16 has no
-    # BatchNormalization and at AdamW 1e-3 its loss sticks at log 2 (measured on BUSI, 64 px)
+    # from scratch, the peak learning rate is the configured one times this
     scratch_learning_rate_scale: float = 1.0
 
 
 BACKBONES = {
     "resnet50": BackboneSpec("ResNet50", "caffe", "conv4", "conv5_block3_out"),
-    "vgg16": BackboneSpec("VGG16", "caffe", "block5", "block5_conv3", scratch_learning_rate_scale=0.1),
+    "vgg16": BackboneSpec("VGG16", "caffe", "block5", "block5_conv3"),
     "densenet121": BackboneSpec("DenseNet121", "torch", "conv4", "relu"),
 }
 # ResNet50's last BatchNormalization in each residual branch (conv2_block1_3_bn, ...): from
@@ -51,6 +55,20 @@ BACKBONES = {
 # trains like a shallow one first (Goyal et al. 2017, "zero-gamma")
 RESIDUAL_LAST_BN = "_3_bn"
 HEAD_LAYERS = ("head_pool", "head_dropout_1", "head_dense", "head_dropout_2", "probability")
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))    # (filters, convolutions) per block
+
+
+def vgg16_bn(x):
+    """VGG16's convolutional part with BatchNormalization after every convolution (from scratch
+    only: ImageNet's VGG16 weights have no such layers)."""
+    for b, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for c in range(1, convs + 1):
+            name = f"block{b}_conv{c}"
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = layers.Activation("relu", name=name)(x)
+        x = layers.MaxPooling2D(2, strides=2, name=f"block{b}_pool")(x)
+    return x
 
 
 @keras.saving.register_keras_serializable(package="bcimaging")
@@ -100,14 +118,18 @@ def build(backbone: str, image_size: int | None, weights: str | None = None, see
     pretrained = resolve_weights(weights)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = BackbonePreprocess(spec.preprocessing if pretrained else "unit", name="backbone_preprocess")(inputs)
-    try:
-        base = getattr(keras.applications, spec.builder)(include_top=False, weights=pretrained, input_tensor=x)
-    except Exception as e:
-        if weights == "imagenet":
-            raise RuntimeError(f"could not get ImageNet weights for {backbone} ({e}); without network access "
-                               "pass --weights PATH to a local notop .h5 file, or --weights none") from e
-        raise
-    x = layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    if backbone == "vgg16" and pretrained is None:
+        features = vgg16_bn(x)
+    else:
+        try:
+            features = getattr(keras.applications, spec.builder)(include_top=False, weights=pretrained,
+                                                                 input_tensor=x).output
+        except Exception as e:
+            if weights == "imagenet":
+                raise RuntimeError(f"could not get ImageNet weights for {backbone} ({e}); without network access "
+                                   "pass --weights PATH to a local notop .h5 file, or --weights none") from e
+            raise
+    x = layers.GlobalAveragePooling2D(name="head_pool")(features)
     x = layers.Dropout(0.5, name="head_dropout_1")(x)
     x = layers.Dense(256, activation="relu", name="head_dense")(x)
     x = layers.Dropout(0.25, name="head_dropout_2")(x)

@@ -16,6 +16,13 @@ layer in every stage, with AdamW (``--weight-decay``), a linear warm-up over
   (at least 32 px), the rest at ``--image-size``, one optimizer and schedule throughout. The
   cheap low-resolution epochs learn coarse shape and texture first; the full-size ones refine.
 
+Deterministic on CPU: the same splits, settings and seed give the same weights on every run
+(TensorFlow's op determinism, a seeded shuffle of records read in a fixed order, stateless
+augmentation seeded per image and epoch, seeded initialisation and dropout). On a GPU, cuDNN's
+and XLA's kernels are made deterministic by the same switch where they have such a kernel, but
+mixed precision, another GPU model or another number of GPUs (MirroredStrategy's reductions)
+still change the last bits, so a GPU run repeats on the same machine, not across machines.
+
 Both: early stopping on validation AUC (``--patience``) with the best epoch's weights restored,
 class weights from the train prevalence, the modality's augmentation policy (or
 ``--augmentation``), history (JSON) and TensorBoard logs, one ``[epoch]`` line per epoch on
@@ -150,6 +157,7 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
 
     name = catalog.model_name(config.modality, config.backbone, config.strategy)
     data.augmentation(config.augmentation or catalog.modality(config.modality).augmentation)
+    tf.config.experimental.enable_op_determinism()
     splits = Path(splits)
     strategy, n_gpus = _distribution()
     negatives, positives = data.count_labels(splits / "train")
@@ -161,8 +169,8 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
     sizes = {stage["image_size"] for stage in stages}
 
-    def datasets(size):
-        return (data.dataset(splits / "train", config.modality, size, config.batch_size, True, config.seed,
+    def datasets(size, stage_seed):
+        return (data.dataset(splits / "train", config.modality, size, config.batch_size, True, stage_seed,
                              augment_with=config.augmentation or None),
                 data.dataset(splits / "validation", config.modality, size, config.batch_size, False))
 
@@ -184,7 +192,8 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
         epoch_line = EpochLine(name, planned_epochs)
 
         def fit(size, epochs, initial_epoch, reduce_on_plateau=False):
-            train_ds, val_ds = datasets(size)
+            # each stage its own augmentation stream, the same on every run
+            train_ds, val_ds = datasets(size, config.seed * 1000 + initial_epoch)
             callbacks = [
                 keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
                                               restore_best_weights=True),
