@@ -8,9 +8,11 @@ graph, the same functions and reference training used):
 - ``explain``: ``image_bytes`` -> ``heatmap`` (Grad-CAM of the predicted class on the last
   convolutional block, image_size x image_size, 0..1) and ``probability``.
 ``assets.extra/`` holds ``model_card.json``, ``tf_serving_warmup_requests`` and the evaluation's
-pictures (ROC, confusion matrix, calibration, learning curves).
+pictures (ROC, confusion matrix, calibration, learning curves). With ``--ensemble`` (the cohort
+ensemble's evaluation, ``components.ensemble``) the card also carries the ensemble's members and
+validation threshold, which the gateway's compare applies to the three served probabilities.
 
-    python -m components.export --model DIR --evaluation DIR --out DIR
+    python -m components.export --model DIR --evaluation DIR --out DIR [--ensemble DIR]
 """
 from __future__ import annotations
 
@@ -117,7 +119,7 @@ def warmup_records(path: Path, model_name: str, image_size: int) -> None:
         writer.write(log.SerializeToString())
 
 
-def model_card(training: dict, evaluation: dict, blessing: dict) -> dict:
+def model_card(training: dict, evaluation: dict, blessing: dict, ensemble: dict | None = None) -> dict:
     config = training["config"]
     spec = catalog.modality(config["modality"])
     return {
@@ -127,6 +129,9 @@ def model_card(training: dict, evaluation: dict, blessing: dict) -> dict:
         "threshold": evaluation["threshold"], "threshold_rule": evaluation["threshold_rule"],
         "threshold_chosen_on": evaluation["threshold_chosen_on"],
         "test_metrics": evaluation["metrics"], "test_records": evaluation["records"],
+        "test_metrics_by_source": {name: {"records": s["records"], "positives": s["positives"],
+                                          "metrics": s["metrics"], "calibration_ece": s["calibration"]["ece"]}
+                                   for name, s in evaluation.get("sources", {}).items()},
         "test_positives": evaluation["positives"], "confidence": evaluation["confidence"],
         "calibration_ece": evaluation["calibration"]["ece"], "temperature": evaluation.get("temperature"),
         "clusters": evaluation.get("clusters"), "blessing": blessing,
@@ -141,14 +146,15 @@ def model_card(training: dict, evaluation: dict, blessing: dict) -> dict:
         "signatures": {"serving_default": "image_bytes -> probability, label, threshold",
                        "explain": "image_bytes -> heatmap (Grad-CAM), probability"},
         "intended_use": "research decision support; not a diagnostic device",
+        **({"cohort_ensemble": ensemble} if ensemble else {}),
     }
 
 
-def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path) -> dict:
+def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path, ensemble_dir: str | Path | None = None) -> dict:
     import keras
     import tensorflow as tf
 
-    from components import models, stain
+    from components import ensemble, models, stain
 
     model_dir, evaluation_dir = Path(model_dir), Path(evaluation_dir)
     training = artifacts.read_json(model_dir, artifacts.TRAINING)
@@ -162,7 +168,10 @@ def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path) -> d
     module = serving_module(model, config["modality"], config["image_size"], evaluation["threshold"],
                             models.BACKBONES[config["backbone"]].last_conv, reference,
                             evaluation.get("temperature", {}).get("value", 1.0))
-    card = model_card(training, evaluation, blessing)
+    cohort = ensemble.card_entry(ensemble_dir) if ensemble_dir else None
+    if cohort and training["model_name"] not in cohort["members"]:
+        raise cli.UserError(f"{ensemble_dir} is the ensemble of {cohort['members']}, not of {training['model_name']}")
+    card = model_card(training, evaluation, blessing, cohort)
     with staged_dir(out) as stage:
         tf.saved_model.save(module, str(stage), signatures={"serving_default": module.serve, "explain": module.explain})
         (stage / "assets.extra").mkdir(exist_ok=True)
@@ -179,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", required=True, help="output folder of components.train")
     ap.add_argument("--evaluation", required=True, help="output folder of components.evaluate")
     ap.add_argument("--out", required=True, help="SavedModel folder to write")
+    ap.add_argument("--ensemble", help="the cohort ensemble's evaluation folder (components.ensemble)")
     return ap
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli.main(build_parser(), lambda a, _: print(f"exported {run(a.model, a.evaluation, a.out)['model_name']} to {a.out}")))
+    raise SystemExit(cli.main(build_parser(), lambda a, _: print(
+        f"exported {run(a.model, a.evaluation, a.out, a.ensemble)['model_name']} to {a.out}")))

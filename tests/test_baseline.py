@@ -13,7 +13,7 @@ def test_every_split_gets_the_train_splits_channels():
     train = np.concatenate([grey, colour])
     channels = baseline.channels_of(train)
     assert channels == 3 and baseline.channels_of(grey) == 1
-    assert baseline.features(train, channels).shape == (8, 3 * (baseline.BINS + 2))
-    assert baseline.features(grey, channels).shape == (4, 3 * (baseline.BINS + 2))
-    hist = baseline.features(grey, 1)[:, :baseline.BINS]
+    assert baseline.features_of(train, channels).shape == (8, 3 * (baseline.BINS + 2))
+    assert baseline.features_of(grey, channels).shape == (4, 3 * (baseline.BINS + 2))
+    hist = baseline.features_of(grey, 1)[:, :baseline.BINS]
     assert np.allclose(hist.sum(axis=1), 1.0)

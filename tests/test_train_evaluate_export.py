@@ -10,6 +10,7 @@ import tensorflow as tf
 from components import catalog, compare, evaluate, export, preprocess, records, schema, stain, stats, train
 from tests.conftest import COMBOS
 
+
 @pytest.mark.parametrize("combo", list(COMBOS))
 def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pipeline_outputs, sample_splits):
     backbone, strategy = combo
@@ -64,15 +65,16 @@ def test_threshold_on_test_is_the_one_chosen_on_validation(pipeline_outputs, sam
     out = pipeline_outputs["ultrasound-resnet50-unfrozen"]
     splits = sample_splits["ultrasound"]
     model = keras.models.load_model(out / "model" / "model.keras", compile=False)
-    yv, pv, _, _ = evaluate.score(model, splits / "validation", "ultrasound", 32)
+    validation = evaluate.score(model, splits / "validation", "ultrasound", 32)
+    yv, pv = validation.y, validation.p
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     temperature = metrics["temperature"]["value"]
     assert temperature == pytest.approx(stats.fit_temperature(yv, pv), rel=1e-6)
     pv = stats.apply_temperature(pv, temperature)
     assert metrics["threshold"] == pytest.approx(stats.choose_threshold(yv, pv))
     assert metrics["threshold_chosen_on"].endswith("validation")
-    yt, pt, _, _ = evaluate.score(model, splits / "test", "ultrasound", 32)
-    pt = stats.apply_temperature(pt, temperature)
+    test = evaluate.score(model, splits / "test", "ultrasound", 32)
+    yt, pt = test.y, stats.apply_temperature(test.p, temperature)
     assert metrics["metrics"]["f1"]["value"] == pytest.approx(stats.at_threshold(yt, pt, metrics["threshold"])["f1"])
 
 
@@ -108,6 +110,12 @@ def test_progressive_from_scratch_never_trains_a_head_on_frozen_random_features(
     assert [s["trains"] for s in pretrained.stages()] == ["head", "top"]
 
 
+def _scored(y, p, prefix="r") -> evaluate.Scored:
+    n = len(y)
+    return evaluate.Scored(np.asarray(y), np.asarray(p, float), [f"{prefix}{i}" for i in range(n)],
+                           [f"p{i}" for i in range(n)], ["site"] * n)
+
+
 def test_temperature_and_threshold_see_validation_only(tmp_path):
     """Whatever the test records say, the temperature and threshold are the validation split's:
     two evaluations with the same validation scores and opposite test scores fit the same T and
@@ -117,13 +125,64 @@ def test_temperature_and_threshold_see_validation_only(tmp_path):
     pv = np.clip(0.15 + 0.7 * yv + rng.normal(0, 0.25, 300), 0.001, 0.999)     # overconfident-ish
     yt = (rng.random(200) < 0.3).astype(int)
     pt = np.clip(0.2 + 0.6 * yt + rng.normal(0, 0.2, 200), 0.001, 0.999)
-    common = dict(model_name="ultrasound-vgg16-unfrozen", modality="ultrasound", sources=[f"s{i}" for i in range(200)],
-                  patients=[f"p{i}" for i in range(200)], examples=tmp_path / "test",
+    common = dict(model_name="ultrasound-vgg16-unfrozen", modality="ultrasound", examples=tmp_path / "test",
                   threshold_from=tmp_path / "validation", bootstrap=50)
-    good = evaluate.report(yv=yv, pv_raw=pv, y=yt, p_raw=pt, out=tmp_path / "a", **common)
-    inverted = evaluate.report(yv=yv, pv_raw=pv, y=yt, p_raw=1 - pt, out=tmp_path / "b", **common)
+    good = evaluate.report(validation=_scored(yv, pv, "v"), test=_scored(yt, pt), out=tmp_path / "a", **common)
+    inverted = evaluate.report(validation=_scored(yv, pv, "v"), test=_scored(yt, 1 - pt), out=tmp_path / "b", **common)
     assert good["temperature"]["value"] == inverted["temperature"]["value"] == pytest.approx(stats.fit_temperature(yv, pv))
     assert good["threshold"] == inverted["threshold"]
     assert good["metrics"]["roc_auc"]["value"] > 0.9 > 0.1 > inverted["metrics"]["roc_auc"]["value"]
-    other = evaluate.report(yv=yv, pv_raw=np.clip(pv ** 3, 0.001, 0.999), y=yt, p_raw=pt, out=tmp_path / "c", **common)
+    other = evaluate.report(validation=_scored(yv, np.clip(pv ** 3, 0.001, 0.999), "v"), test=_scored(yt, pt),
+                            out=tmp_path / "c", **common)
     assert other["temperature"]["value"] != pytest.approx(good["temperature"]["value"], rel=0.05)
+
+
+def test_a_collapsed_model_is_never_blessed(tmp_path):
+    """Found in a study run: VGG16 from scratch answered ~0.50 for every image (Brier .250,
+    temperature 54.6, the fitting bound) and was pushed, since its F1 rule was off. A constant
+    model, and one whose scores no temperature explains, are refused with the reason, whatever
+    the F1 rule; the check can be turned off for plumbing runs only."""
+    rng = np.random.default_rng(9)
+    yv, yt = (rng.random(200) < 0.4).astype(int), (rng.random(150) < 0.4).astype(int)
+    common = dict(model_name="ultrasound-vgg16-unfrozen", modality="ultrasound", examples=tmp_path / "test",
+                  threshold_from=tmp_path / "validation", bootstrap=50, min_f1=0.0)
+    evaluate.report(validation=_scored(yv, np.full(200, 0.5), "v"), test=_scored(yt, np.full(150, 0.5)),
+                    out=tmp_path / "constant", **common)
+    blessing = json.loads((tmp_path / "constant" / "blessing.json").read_text())
+    assert not blessing["blessed"] and blessing["collapsed"] and "barely vary" in blessing["reason"]
+    # confidently random: every answer near 0 or 1 whatever the label, so T runs to its bound
+    noise = np.where(rng.random(200) < 0.5, 0.001, 0.999)
+    result = evaluate.report(validation=_scored(yv, noise, "v"), test=_scored(yt, np.where(rng.random(150) < 0.5, 0.001, 0.999)),
+                             out=tmp_path / "bound", **common)
+    assert stats.temperature_at_bound(result["temperature"]["value"])
+    blessing = json.loads((tmp_path / "bound" / "blessing.json").read_text())
+    assert not blessing["blessed"] and "fitting bound" in blessing["reason"]
+    # a model that discriminates is blessed under the same rule; with the check off, so is the constant one
+    good = np.clip(0.2 + 0.6 * yv + rng.normal(0, 0.15, 200), 0.01, 0.99)
+    evaluate.report(validation=_scored(yv, good, "v"), test=_scored(yt, np.clip(0.2 + 0.6 * yt, 0.01, 0.99)),
+                    out=tmp_path / "good", **common)
+    assert json.loads((tmp_path / "good" / "blessing.json").read_text())["blessed"]
+    evaluate.report(validation=_scored(yv, np.full(200, 0.5), "v"), test=_scored(yt, np.full(150, 0.5)),
+                    out=tmp_path / "off", collapse_sd=0.0, **common)
+    assert json.loads((tmp_path / "off" / "blessing.json").read_text())["blessed"]
+
+
+def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
+    """Same splits, settings and seed: bit-identical weights (op determinism, seeded shuffle of
+    sorted records, stateless augmentation); another seed, other weights. VGG16 from scratch is
+    the BatchNormalization variant."""
+    def trained(name, seed):
+        # batch 4: over train.EAGER_BELOW_STEPS steps, so the traced graph the study runs is what repeats
+        config = train.TrainConfig(modality="ultrasound", backbone="vgg16", strategy="unfrozen", image_size=32,
+                                   epochs=2, batch_size=4, weights="none", seed=seed, warmup_epochs=0.5)
+        train.run(sample_splits["ultrasound"], tmp_path / name, config)
+        model = keras.models.load_model(tmp_path / name / "model.keras", compile=False)
+        keras.backend.clear_session()
+        return model, json.loads((tmp_path / name / "training.json").read_text())
+
+    (a, record), (b, _), (c, _) = trained("a", 3), trained("b", 3), trained("c", 4)
+    assert record["execution"] == "graph"
+    assert any(l.name == "block1_conv1_bn" for l in a.layers)
+    wa, wb, wc = a.get_weights(), b.get_weights(), c.get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
+    assert not all(np.array_equal(x, y) for x, y in zip(wa, wc))
