@@ -1,7 +1,8 @@
 """The pipelines' command line.
 
     python -m pipelines compile --out DIR
-    python -m pipelines run --modality M --data PATH --model-repo DIR --work-dir DIR [--image-size N ...]
+    python -m pipelines run --modality M --data PATH|SOURCES.json --model-repo DIR --work-dir DIR [--image-size N ...]
+    python -m pipelines cv --modality M --data PATH|SOURCES.json --work-dir DIR --backbones B --strategies S [--folds 4]
     python -m pipelines submit --host URL --modality M --data PATH [--image IMAGE ...]
     python -m pipelines study --work-dir DIR --model-repo DIR --profile cpu|gpu [--data ROOT --modalities M,M]
     python -m pipelines audit RUN_DIR
@@ -37,16 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run one modality locally (kfp.local.SubprocessRunner)")
     r.add_argument("--modality", required=True, choices=list(catalog.MODALITIES))
-    r.add_argument("--data", required=True, help="dataset root in the modality's source format")
+    r.add_argument("--data", required=True, help="dataset root in the modality's source format, or a JSON file "
+                                                  "listing one or more sources (components.sources)")
     r.add_argument("--model-repo", required=True, help="model repository the blessed models are pushed to")
     r.add_argument("--work-dir", required=True, help="run folders (manifest, artifacts, logs) and the step cache")
     r.add_argument("--run-id", help="name of the run folder (default: <modality>-<UTC time>-<random>)")
     _training_options(r)
 
+    v = sub.add_parser("cv", help="patient-level cross-validation of one configuration (one backbone, one strategy)")
+    v.add_argument("--modality", required=True, choices=list(catalog.MODALITIES))
+    v.add_argument("--data", required=True, help="dataset root, or a JSON file listing the sources")
+    v.add_argument("--work-dir", required=True)
+    v.add_argument("--run-id")
+    v.add_argument("--folds", type=int, default=4, help="folds (default 4)")
+    _training_options(v)
+
     s = sub.add_parser("submit", help="submit one modality to a Kubeflow Pipelines cluster")
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
     s.add_argument("--modality", required=True, choices=list(catalog.MODALITIES))
-    s.add_argument("--data", required=True, help="dataset path as the pods see it (the data PVC is mounted at /data)")
+    s.add_argument("--data", required=True, help="dataset path as the pods see it (the data PVC is mounted at /data), "
+                                                  "or a JSON file of sources with such paths")
     s.add_argument("--image", help="component image (default: the pipeline's)")
     s.add_argument("--experiment", default="bcimaging")
     s.add_argument("--namespace", help="KFP namespace (multi-user installs)")
@@ -92,6 +103,10 @@ def _run(args, _):
         from pipelines import local
 
         local.run(args.modality, args.data, args.model_repo, args.work_dir, settings_from(args), run_id=args.run_id)
+    elif args.command == "cv":
+        from pipelines import local
+
+        local.run_cv(args.modality, args.data, args.work_dir, settings_from(args), args.folds, run_id=args.run_id)
     elif args.command == "submit":
         from pipelines import submit
 

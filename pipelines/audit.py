@@ -47,11 +47,13 @@ def _executor_outputs(task_dir: Path) -> dict[str, dict]:
     return {name: (a.get("artifacts") or [{}])[0].get("metadata", {}) for name, a in artifacts.items()}
 
 
-def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: dict, data: Path,
+def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: dict, sources: list,
                    started: float) -> dict:
+    """``sources``: the run's ``components.sources.Source`` list (each re-hashed here)."""
     spec_path = run_dir / "pipeline.yaml"
     names = task_names(spec_path)
     tasks, metrics, baselines, pushed, split_manifest, extract = {}, {}, {}, [], None, {}
+    ensembles, out_of_fold = {}, {}
     for task_dir in sorted(p for p in run_dir.glob("*/*") if p.is_dir() and p.parent.name != "cache"):
         meta = _executor_outputs(task_dir)
         outputs = {}
@@ -62,10 +64,13 @@ def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: d
         tasks[component] = {"task": names.get(component, component), "outputs": outputs}
         if (task_dir / "evaluation" / artifacts.METRICS).exists():
             result = artifacts.read_json(task_dir / "evaluation", artifacts.METRICS)
-            blessing = artifacts.read_blessing(task_dir / "evaluation")
-            metrics[result["model_name"]] = {"threshold": result["threshold"], "records": result["records"],
-                                             "metrics": result["metrics"], "blessed": blessing["blessed"],
-                                             "blessing_rule": blessing["rule"]}
+            entry = {"threshold": result["threshold"], "records": result["records"], "metrics": result["metrics"]}
+            if "folds" in result:                         # the pooled out-of-fold evaluation
+                out_of_fold[result["model_name"]] = {**entry, "folds": result["folds"]}
+            else:
+                blessing = artifacts.read_blessing(task_dir / "evaluation")
+                entry.update(blessed=blessing["blessed"], blessing_rule=blessing["rule"])
+                (ensembles if "ensemble" in result else metrics)[result["model_name"]] = entry
         for path in sorted((task_dir / "evaluation").glob(f"*/{artifacts.METRICS}")):      # the baselines
             result = json.loads(path.read_text())
             baselines[result["model_name"]] = {"threshold": result["threshold"], "metrics": result["metrics"]}
@@ -83,13 +88,16 @@ def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: d
                      "spec": spec_path.name, "spec_sha256": sha256_file(spec_path)},
         "parameters": arguments, "settings": settings,
         "code": {"version": code_version(), "sources_sha256": code_sha256()},
-        "input_data": {"path": str(data), "sha256": tree_sha256(data), "files": len(file_digests(data)),
+        "input_data": {"sources": [{"name": s.name, "path": s.path, "sha256": tree_sha256(s.path),
+                                    "files": len(file_digests(s.path)), **{k: extract.get("sources", {}).get(s.name, {}).get(k)
+                                    for k in ("records_written", "quarantined", "patients")}} for s in sources],
                        "records_written": extract.get("records_written"), "quarantined": extract.get("quarantined"),
                        "patients": extract.get("patients")},
         "splits": {"manifest_sha256": sha256_file(split_manifest) if split_manifest else None,
                    "counts": {n: {k: s.get(k) for k in ("records", "patients", "positive_ratio", "content_sha256")}
                               for n, s in split_info.get("splits", {}).items()}},
-        "tasks": tasks, "metrics": metrics, "baselines": baselines, "pushed": sorted(pushed, key=lambda p: p.get("model", "")),
+        "tasks": tasks, "metrics": metrics, "baselines": baselines, "ensembles": ensembles,
+        "out_of_fold": out_of_fold, "pushed": sorted(pushed, key=lambda p: p.get("model", "")),
     }
     write_json(run_dir / MANIFEST, manifest)
     return manifest
@@ -152,16 +160,21 @@ def report(manifest: dict, problems: list[str]) -> str:
              f"(spec sha256 {manifest['pipeline']['spec_sha256'][:16]}), code {manifest['code']['version']}",
              f"  {manifest['started_utc']} -> {manifest['finished_utc']}"]
     d = manifest["input_data"]
-    lines.append(f"  data {d['path']}: {d['files']} files, sha256 {d['sha256'][:16]}, {d['records_written']} records "
-                 f"written, {d['quarantined']} quarantined, {d['patients']} patients")
+    for s in d["sources"]:
+        lines.append(f"  source {s['name']} {s['path']}: {s['files']} files, sha256 {s['sha256'][:16]}, "
+                     f"{s['records_written']} records written, {s['quarantined']} quarantined, {s['patients']} patients")
+    lines.append(f"  all sources: {d['records_written']} records written, {d['quarantined']} quarantined, "
+                 f"{d['patients']} patients")
     for name, s in sorted(manifest["splits"]["counts"].items(), key=lambda kv: SPLITS.index(kv[0])):
         lines.append(f"  {name:<10} {s['records']:>5} records {s['patients']:>4} patients  positive share "
                      f"{s['positive_ratio']}  sha256 {str(s['content_sha256'])[:16]}")
     lines.append(f"  {'model':<38} {'AUC [95% CI]':<22} {'F1 [95% CI]':<22} blessed")
-    for name, m in sorted(manifest["metrics"].items()):
+    evaluated = {**manifest["metrics"], **manifest.get("ensembles", {}), **manifest.get("out_of_fold", {})}
+    for name, m in sorted(evaluated.items()):
         auc, f1 = m["metrics"]["roc_auc"], m["metrics"]["f1"]
+        blessed = {True: "yes", False: "no"}.get(m.get("blessed"), "n/a")
         lines.append(f"  {name:<38} {auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]   "
-                     f"{f1['value']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]   {'yes' if m['blessed'] else 'no'}")
+                     f"{f1['value']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]   {blessed}")
     for p in manifest["pushed"]:
         where = f"version {p['version']}" if p.get("version") else "not pushed"
         lines.append(f"  push {p['model']}: {where} ({p['reason']})")

@@ -1,21 +1,27 @@
-"""One Kubeflow pipeline per modality:
+"""One Kubeflow pipeline per modality, and one cross-validation pipeline per configuration:
 
-    extract -> split -> [stain-normalize: histopathology] -> validate -> baselines
-                                                               -> train x6 -> evaluate x6 -> export x6
-                                                               -> push x6 (blessed only, one at a time)
+    extract (one or more sources) -> split -> [stain-normalize: histopathology] -> validate -> baselines
+        -> train x6 -> evaluate x6 -> ensemble per cohort (3 evaluations gathered) -> export x6
+        -> push x6 (blessed only, one at a time)
+
+    extract -> folds -> per fold: select -> [stain-normalize] -> train -> evaluate
+        -> gather the folds' evaluations -> pool (out-of-fold evaluation)
 
 Validation runs on the splits rather than before them: its drift and skew checks compare train
 with test, and a split that lost a class is exactly what it must catch before training.
 
 The six training branches are written out with a Python loop when the pipeline is defined:
 kfp 2.13's local runner runs neither ``dsl.ParallelFor`` nor ``dsl.Condition``, and a loop gives
-every model its own named task in the UI. Pushes run one after another (each rewrites
-``models.config``); the push step itself skips an unblessed model and records why.
+every model its own named task in the UI. A step that takes a variable number of evaluations
+(the cohort ensemble, the out-of-fold pool) reads them from one folder that a chain of
+``gather`` steps fills, one evaluation each (the local runner has no ``dsl.Collected`` and no
+optional inputs). Pushes run one after another (each rewrites ``models.config``); the push step
+itself skips an unblessed model and records why.
 """
 # no "from __future__ import annotations": KFP reads the pipeline function's annotations as types
 from kfp import dsl, kubernetes
 
-from components import catalog
+from components import catalog, crossval
 from pipelines import ops
 from pipelines.settings import RunSettings
 
@@ -32,6 +38,38 @@ def pipeline_name(modality: str) -> str:
     return f"bcimaging-{modality}"
 
 
+def cv_pipeline_name(modality: str) -> str:
+    return f"bcimaging-{modality}-cv"
+
+
+def _check_fanout(backbones, strategies) -> None:
+    unknown = [b for b in backbones if b not in catalog.BACKBONES] + [s for s in strategies if s not in catalog.STRATEGIES]
+    if unknown or not backbones or not strategies:
+        raise ValueError(f"unknown or missing backbones/strategies {unknown}; choose from "
+                         f"{list(catalog.BACKBONES)} and {list(catalog.STRATEGIES)}")
+
+
+def _gathered(evaluations: list, image, cache_dir):
+    """One folder holding every evaluation in ``evaluations``, a gather step each."""
+    collected = None
+    for evaluation in evaluations:
+        task = (ops.gather_first(cache_dir=cache_dir, evaluation=evaluation) if collected is None
+                else ops.gather(cache_dir=cache_dir, previous=collected, evaluation=evaluation))
+        collected = _on_image(task, image, STEP_RESOURCES).set_display_name("gather").outputs["collected"]
+    return collected
+
+
+def _train(modality, backbone, strategy, training, cache_dir, splits, image, accelerator_type, accelerator_limit,
+           gpu_node_selector, gpu_toleration, label: str):
+    train = ops.train(modality=modality, backbone=backbone, strategy=strategy, training=training,
+                      cache_dir=cache_dir, splits=splits)
+    _on_image(train, image, TRAIN_RESOURCES).set_display_name(f"train {label}")
+    train.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_limit)
+    kubernetes.add_node_selector_json(train, gpu_node_selector)
+    kubernetes.add_toleration_json(train, gpu_toleration)
+    return train
+
+
 def _on_image(task, image, resources: dict, cache: bool = True):
     task.set_container_image(image).set_cpu_request(resources["cpu"]).set_memory_request(resources["memory"])
     return task.set_caching_options(cache)
@@ -40,23 +78,20 @@ def _on_image(task, image, resources: dict, cache: bool = True):
 def build(modality: str, backbones=catalog.BACKBONES, strategies=catalog.STRATEGIES):
     """The pipeline function for one modality, training ``backbones`` x ``strategies``."""
     spec = catalog.modality(modality)
-    unknown = [b for b in backbones if b not in catalog.BACKBONES] + [s for s in strategies if s not in catalog.STRATEGIES]
-    if unknown or not backbones or not strategies:
-        raise ValueError(f"unknown or missing backbones/strategies {unknown}; choose from "
-                         f"{list(catalog.BACKBONES)} and {list(catalog.STRATEGIES)}")
+    _check_fanout(backbones, strategies)
 
     @dsl.pipeline(name=pipeline_name(modality),
                   description=f"{spec.name}: extract, split, validate, train {len(backbones) * len(strategies)} "
-                              "models, evaluate, export, push the blessed ones")
-    def pipeline(source: str, model_repo: str = MODELS_MOUNT, image: str = DEFAULT_IMAGE,
+                              "models, evaluate, ensemble each cohort, export, push the blessed ones")
+    def pipeline(sources: list, model_repo: str = MODELS_MOUNT, image: str = DEFAULT_IMAGE,
                  training: dict = DEFAULTS.training(), split_seed: int = DEFAULTS.split_seed,
-                 min_f1: float = DEFAULTS.min_f1, bootstrap: int = DEFAULTS.bootstrap,
-                 max_quarantine: float = DEFAULTS.max_quarantine, keep_versions: int = DEFAULTS.keep_versions,
+                 min_f1: float = DEFAULTS.min_f1, collapse_sd: float = DEFAULTS.collapse_sd,
+                 bootstrap: int = DEFAULTS.bootstrap, max_quarantine: float = DEFAULTS.max_quarantine, keep_versions: int = DEFAULTS.keep_versions,
                  cache_dir: str = "",
                  accelerator_type: str = "nvidia.com/gpu", accelerator_limit: int = 1,
                  gpu_node_selector: dict = GPU_NODE_SELECTOR, gpu_toleration: dict = GPU_TOLERATION,
                  data_pvc: str = "bcimaging-data", model_repo_pvc: str = "model-repository"):
-        extract = _on_image(ops.extract(modality=modality, source=source, max_quarantine=max_quarantine,
+        extract = _on_image(ops.extract(modality=modality, sources=sources, max_quarantine=max_quarantine,
                                         cache_dir=cache_dir), image, STEP_RESOURCES)
         kubernetes.mount_pvc(extract, pvc_name=data_pvc, mount_path=DATA_MOUNT)
         splits = _on_image(ops.split(seed=split_seed, cache_dir=cache_dir, examples=extract.outputs["examples"]),
@@ -71,20 +106,26 @@ def build(modality: str, backbones=catalog.BACKBONES, strategies=catalog.STRATEG
                                 splits=train_input).after(validate), image, STEP_RESOURCES)
 
         previous_push = None
-        for backbone in backbones:
-            for strategy in strategies:
+        for strategy in strategies:
+            trained = {}
+            for backbone in backbones:
                 name = catalog.model_name(modality, backbone, strategy)
-                train = ops.train(modality=modality, backbone=backbone, strategy=strategy, training=training,
-                                  cache_dir=cache_dir, splits=train_input).after(validate)
-                _on_image(train, image, TRAIN_RESOURCES).set_display_name(f"train {name}")
-                train.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_limit)
-                kubernetes.add_node_selector_json(train, gpu_node_selector)
-                kubernetes.add_toleration_json(train, gpu_toleration)
-                evaluate = _on_image(ops.evaluate(min_f1=min_f1, bootstrap=bootstrap, seed=split_seed, cache_dir=cache_dir,
-                                                  model=train.outputs["model"], splits=train_input),
+                train = _train(modality, backbone, strategy, training, cache_dir, train_input, image, accelerator_type,
+                               accelerator_limit, gpu_node_selector, gpu_toleration, name).after(validate)
+                evaluate = _on_image(ops.evaluate(min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap,
+                                                  seed=split_seed, cache_dir=cache_dir, model=train.outputs["model"],
+                                                  splits=train_input),
                                      image, STEP_RESOURCES).set_display_name(f"evaluate {name}")
+                trained[name] = (train, evaluate)
+            # the cohort's ensemble, evaluated like a model; every member's card names it
+            ensemble = _on_image(ops.ensemble(min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap, seed=split_seed, cache_dir=cache_dir,
+                                              collected=_gathered([e.outputs["evaluation"] for _, e in trained.values()],
+                                                                  image, cache_dir)),
+                                 image, STEP_RESOURCES).set_display_name(f"ensemble {modality} {strategy}")
+            for name, (train, evaluate) in trained.items():
                 export = _on_image(ops.export(cache_dir=cache_dir, model=train.outputs["model"],
-                                              evaluation=evaluate.outputs["evaluation"]),
+                                              evaluation=evaluate.outputs["evaluation"],
+                                              ensemble=ensemble.outputs["evaluation"]),
                                    image, STEP_RESOURCES).set_display_name(f"export {name}")
                 push = _on_image(ops.push(model_repo=model_repo, keep=keep_versions,
                                           saved_model=export.outputs["saved_model"],
@@ -98,8 +139,57 @@ def build(modality: str, backbones=catalog.BACKBONES, strategies=catalog.STRATEG
     return pipeline
 
 
+def build_cv(modality: str, backbone: str, strategy: str, folds: int = crossval.DEFAULT_FOLDS):
+    """Patient-level ``folds``-fold cross-validation of one configuration: every patient tested
+    once, out of fold; nothing is pushed (the served models come from the modality's pipeline)."""
+    spec = catalog.modality(modality)
+    _check_fanout([backbone], [strategy])
+    name = catalog.model_name(modality, backbone, strategy)
+
+    @dsl.pipeline(name=cv_pipeline_name(modality),
+                  description=f"{name}: {folds}-fold patient-level cross-validation, out-of-fold evaluation")
+    def pipeline(sources: list, image: str = DEFAULT_IMAGE, training: dict = DEFAULTS.training(),
+                 split_seed: int = DEFAULTS.split_seed, min_f1: float = DEFAULTS.min_f1,
+                 collapse_sd: float = DEFAULTS.collapse_sd, bootstrap: int = DEFAULTS.bootstrap, max_quarantine: float = DEFAULTS.max_quarantine,
+                 cache_dir: str = "", accelerator_type: str = "nvidia.com/gpu", accelerator_limit: int = 1,
+                 gpu_node_selector: dict = GPU_NODE_SELECTOR, gpu_toleration: dict = GPU_TOLERATION,
+                 data_pvc: str = "bcimaging-data"):
+        extract = _on_image(ops.extract(modality=modality, sources=sources, max_quarantine=max_quarantine,
+                                        cache_dir=cache_dir), image, STEP_RESOURCES)
+        kubernetes.mount_pvc(extract, pvc_name=data_pvc, mount_path=DATA_MOUNT)
+        made = _on_image(ops.folds(k=folds, seed=split_seed, cache_dir=cache_dir,
+                                   examples=extract.outputs["examples"]), image, STEP_RESOURCES)
+        evaluations = []
+        for i in range(folds):
+            fold = _on_image(ops.select_fold(index=i, cache_dir=cache_dir, folds=made.outputs["folds"]),
+                             image, STEP_RESOURCES).set_display_name(f"fold {i}")
+            fold_input = fold.outputs["splits"]
+            if spec.stain_normalization:
+                fold_input = _on_image(ops.stain_normalize(seed=split_seed, cache_dir=cache_dir, splits=fold_input),
+                                       image, STEP_RESOURCES).set_display_name(f"stain-normalize fold {i}").outputs["normalized"]
+            train = _train(modality, backbone, strategy, training, cache_dir, fold_input, image, accelerator_type,
+                           accelerator_limit, gpu_node_selector, gpu_toleration, f"{name} fold {i}")
+            evaluate = _on_image(ops.evaluate(min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap,
+                                              seed=split_seed, cache_dir=cache_dir, model=train.outputs["model"],
+                                              splits=fold_input),
+                                 image, STEP_RESOURCES).set_display_name(f"evaluate {name} fold {i}")
+            evaluations.append(evaluate.outputs["evaluation"])
+        _on_image(ops.pool(bootstrap=bootstrap, seed=split_seed, cache_dir=cache_dir,
+                           collected=_gathered(evaluations, image, cache_dir)),
+                  image, STEP_RESOURCES).set_display_name(f"pool {name} out-of-fold")
+
+    return pipeline
+
+
 def compile_to(modality: str, path: str, **fanout) -> str:
     from kfp import compiler
 
     compiler.Compiler().compile(build(modality, **fanout), package_path=str(path))
+    return str(path)
+
+
+def compile_cv_to(modality: str, path: str, backbone: str, strategy: str, folds: int = crossval.DEFAULT_FOLDS) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_cv(modality, backbone, strategy, folds), package_path=str(path))
     return str(path)

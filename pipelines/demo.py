@@ -34,7 +34,7 @@ def run_pipelines(out: Path, count: int, image_size: int, seed: int) -> None:
             sys.executable, "-m", "pipelines", "run", "--modality", modality, "--data", str(data),
             "--model-repo", str(out / "model-repository"), "--work-dir", str(out / "work"),
             "--image-size", str(image_size), "--epochs", "1", "--head-epochs", "1", "--batch-size", "32",
-            "--weights", "none", "--min-f1", "0", "--bootstrap", "200", "--seed", str(seed)]
+            "--weights", "none", "--min-f1", "0", "--collapse-sd", "0", "--bootstrap", "200", "--seed", str(seed)]
     failed = local.side_by_side(commands, echo=lambda line: print(line, flush=True))
     if failed:
         raise cli.UserError(f"the {', '.join(failed)} pipeline failed; its run.log under {out / 'work'} says why")

@@ -29,24 +29,77 @@ def new_run_id(modality: str) -> str:
     return f"{modality}-{stamp}-{secrets.token_hex(2)}"
 
 
-def run(modality: str, data: str | Path, model_repo: str | Path, work_dir: str | Path,
-        settings: RunSettings = RunSettings(), run_id: str | None = None, echo=print) -> Path:
-    """Run the pipeline; returns the run folder (with its verified manifest)."""
-    from kfp import components, local
+def sources_of(data) -> list:
+    """The run's sources: a dataset path (one source, in the modality's format), a sources JSON
+    file, or a list of ``components.sources.Source``."""
+    from components import sources
 
-    catalog.modality(modality)
-    data, model_repo, work_dir = Path(data).resolve(), Path(model_repo).resolve(), Path(work_dir).resolve()
+    if isinstance(data, (list, tuple)):
+        return sources.parse(list(data))
+    data = Path(data).resolve()
     if not data.exists():
         raise cli.UserError(f"--data {data} does not exist: give the dataset root (DDSM .tfrecords, class "
-                            "folders or the IDC tree), e.g. the output of components.sample_data")
-    if settings.weights not in ("imagenet", "none") and not Path(settings.weights).is_file():
-        raise cli.UserError(f"--weights {settings.weights}: no such file; use imagenet, none, or a notop .h5 path")
+                            "folders or the IDC tree), e.g. the output of components.sample_data, or a sources JSON file")
+    chosen = sources.parse(data) if data.suffix == ".json" else [sources.single(data)]
+    missing = [s.path for s in chosen if not Path(s.path).exists()]
+    if missing:
+        raise cli.UserError(f"source folder(s) {', '.join(missing)} do not exist")
+    return chosen
+
+
+def run(modality: str, data, model_repo: str | Path, work_dir: str | Path,
+        settings: RunSettings = RunSettings(), run_id: str | None = None, echo=print) -> Path:
+    """Run the modality's pipeline on ``data`` (see ``sources_of``); returns the run folder (with
+    its verified manifest)."""
+    catalog.modality(modality)
+    chosen = sources_of(data)
+    model_repo, work_dir = Path(model_repo).resolve(), Path(work_dir).resolve()
+    _check_weights(settings)
     run_dir = work_dir / (run_id or new_run_id(modality))
     run_dir.mkdir(parents=True, exist_ok=False)
     spec_path = definition.compile_to(modality, run_dir / "pipeline.yaml", backbones=tuple(settings.backbones),
                                       strategies=tuple(settings.strategies))
-    arguments = {**settings.arguments(), "source": str(data), "model_repo": str(model_repo),
-                 "cache_dir": str(work_dir / "cache")}
+    manifest = _execute(run_dir, spec_path, modality, settings, chosen, work_dir, echo, model_repo=str(model_repo))
+    pushed = [p for p in manifest["pushed"] if p["pushed"] or p["version"]]
+    echo(f"run {run_dir.name} finished: {len(pushed)} of {len(manifest['pushed'])} models in {model_repo}; "
+         f"manifest {run_dir / audit.MANIFEST}")
+    return run_dir
+
+
+def run_cv(modality: str, data, work_dir: str | Path, settings: RunSettings, folds: int,
+           run_id: str | None = None, echo=print) -> Path:
+    """Patient-level cross-validation of the one configuration ``settings`` names (one backbone,
+    one strategy): the modality's CV pipeline; returns the run folder."""
+    catalog.modality(modality)
+    if len(settings.backbones) != 1 or len(settings.strategies) != 1:
+        raise cli.UserError("cross-validation runs one configuration: give one backbone and one strategy")
+    chosen = sources_of(data)
+    work_dir = Path(work_dir).resolve()
+    _check_weights(settings)
+    run_dir = work_dir / (run_id or new_run_id(f"{modality}-cv"))
+    run_dir.mkdir(parents=True, exist_ok=False)
+    spec_path = definition.compile_cv_to(modality, run_dir / "pipeline.yaml", settings.backbones[0],
+                                         settings.strategies[0], folds)
+    _execute(run_dir, spec_path, modality, settings, chosen, work_dir, echo)
+    echo(f"run {run_dir.name} finished: {folds}-fold cross-validation; manifest {run_dir / audit.MANIFEST}")
+    return run_dir
+
+
+def _check_weights(settings: RunSettings) -> None:
+    if settings.weights not in ("imagenet", "none") and not Path(settings.weights).is_file():
+        raise cli.UserError(f"--weights {settings.weights}: no such file; use imagenet, none, or a notop .h5 path")
+
+
+def _execute(run_dir: Path, spec_path: str, modality: str, settings: RunSettings, chosen: list, work_dir: Path,
+             echo, **extra) -> dict:
+    """Run the compiled pipeline at ``spec_path`` with the parameters it declares, then write
+    and return the run's manifest."""
+    from kfp import components, local
+
+    declared = set(audit.pipeline_spec(spec_path)["root"]["inputDefinitions"]["parameters"])
+    arguments = {**settings.arguments(), "sources": [s.to_dict() for s in chosen], "cache_dir": str(work_dir / "cache"),
+                 **extra}
+    arguments = {k: v for k, v in arguments.items() if k in declared}
     started = time.time()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir), raise_on_error=True)
     pipeline = components.load_component_from_file(spec_path)   # run exactly the YAML the manifest records
@@ -61,11 +114,9 @@ def run(modality: str, data: str | Path, model_repo: str | Path, work_dir: str |
         tail = "".join((run_dir / LOG).read_text().splitlines(keepends=True)[-25:])
         raise cli.UserError(f"{e}\n--- last lines of {run_dir / LOG} ---\n{tail}") from None
     manifest = audit.write_manifest(run_dir, modality=modality, arguments=arguments, settings=asdict(settings),
-                                    data=data, started=started)
-    pushed = [p for p in manifest["pushed"] if p["pushed"] or p["version"]]
-    echo(f"run {run_dir.name} finished in {time.time() - started:.0f} s: {len(pushed)} of "
-         f"{len(manifest['pushed'])} models in {model_repo}; manifest {run_dir / audit.MANIFEST}")
-    return run_dir
+                                    sources=chosen, started=started)
+    echo(f"run {run_dir.name}: {time.time() - started:.0f} s")
+    return manifest
 
 
 def side_by_side(commands: dict[str, list[str]], echo=print) -> list[str]:

@@ -16,11 +16,11 @@ def component(fn):
 
 
 @component
-def extract(modality: str, source: str, max_quarantine: float, cache_dir: str,
+def extract(modality: str, sources: list, max_quarantine: float, cache_dir: str,
             examples: Output[Dataset], report: Output[Markdown]):
-    """Source images -> sharded TFRecords of the project schema (Apache Beam); bad inputs quarantined."""
+    """One or more sources' images -> sharded TFRecords of the project schema (Apache Beam); bad inputs quarantined."""
     from pipelines import steps
-    steps.extract(modality, source, max_quarantine, cache_dir, examples, report)
+    steps.extract(modality, sources, max_quarantine, cache_dir, examples, report)
 
 
 @component
@@ -62,19 +62,67 @@ def train(modality: str, backbone: str, strategy: str, training: dict, cache_dir
 
 
 @component
-def evaluate(min_f1: float, bootstrap: int, seed: int, cache_dir: str, model: Input[Model], splits: Input[Dataset],
+def evaluate(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache_dir: str, model: Input[Model],
+             splits: Input[Dataset],
              evaluation: Output[Artifact], metrics: Output[Metrics], classification: Output[ClassificationMetrics],
              report: Output[HTML]):
     """Test metrics with 95 % cluster-bootstrap CIs; temperature and threshold from validation; plots, blessing."""
     from pipelines import steps
-    steps.evaluate(min_f1, bootstrap, seed, cache_dir, model, splits, evaluation, metrics, classification, report)
+    steps.evaluate(min_f1, collapse_sd, bootstrap, seed, cache_dir, model, splits, evaluation, metrics, classification,
+                   report)
 
 
 @component
-def export(cache_dir: str, model: Input[Model], evaluation: Input[Artifact], saved_model: Output[Model]):
-    """SavedModel (serving_default + explain), model card, warmup requests."""
+def gather_first(cache_dir: str, evaluation: Input[Artifact], collected: Output[Artifact]):
+    """A folder of evaluations, started with this one (the ensemble and the pool read it)."""
     from pipelines import steps
-    steps.export(cache_dir, model, evaluation, saved_model)
+    steps.gather(cache_dir, None, evaluation, collected)
+
+
+@component
+def gather(cache_dir: str, previous: Input[Artifact], evaluation: Input[Artifact], collected: Output[Artifact]):
+    """The previous folder of evaluations, and this one."""
+    from pipelines import steps
+    steps.gather(cache_dir, previous, evaluation, collected)
+
+
+@component
+def ensemble(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache_dir: str, collected: Input[Artifact],
+             evaluation: Output[Artifact], metrics: Output[Metrics]):
+    """The cohort's mean calibrated probability, its threshold on validation, evaluated like a model."""
+    from pipelines import steps
+    steps.ensemble(min_f1, collapse_sd, bootstrap, seed, cache_dir, collected, evaluation, metrics)
+
+
+@component
+def export(cache_dir: str, model: Input[Model], evaluation: Input[Artifact], ensemble: Input[Artifact],
+           saved_model: Output[Model]):
+    """SavedModel (serving_default + explain), model card (with the cohort ensemble), warmup requests."""
+    from pipelines import steps
+    steps.export(cache_dir, model, evaluation, ensemble, saved_model)
+
+
+@component
+def folds(k: int, seed: int, cache_dir: str, examples: Input[Dataset], folds: Output[Dataset],
+          report: Output[Markdown]):
+    """k patient-wise folds, stratified per source and class; each a train/validation/test split folder."""
+    from pipelines import steps
+    steps.folds(k, seed, cache_dir, examples, folds, report)
+
+
+@component
+def select_fold(index: int, cache_dir: str, folds: Input[Dataset], splits: Output[Dataset]):
+    """Fold ``index`` of the folds, as a split folder the training steps take."""
+    from pipelines import steps
+    steps.select_fold(index, cache_dir, folds, splits)
+
+
+@component
+def pool(bootstrap: int, seed: int, cache_dir: str, collected: Input[Artifact], evaluation: Output[Artifact],
+         metrics: Output[Metrics]):
+    """The folds' out-of-fold predictions pooled: every patient once, measured like a test split."""
+    from pipelines import steps
+    steps.pool(bootstrap, seed, cache_dir, collected, evaluation, metrics)
 
 
 @component

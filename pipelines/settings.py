@@ -17,6 +17,9 @@ class RunSettings(TrainSettings):
     fields and the pipeline function's defaults are ``RunSettings()``'s."""
     split_seed: int = field(default=0, metadata={"help": "seed of the patient-wise split and stain reference"})
     min_f1: float = field(default=0.70, metadata={"help": "blessing rule: test F1 at least this"})
+    collapse_sd: float = field(default=0.01, metadata={
+        "help": "blessing rule: a model whose calibrated validation probabilities vary less than this (SD), or "
+                "whose temperature sits at its fitting bound, has collapsed and is not blessed; 0 turns this off"})
     bootstrap: int = field(default=stats.BOOTSTRAP_RESAMPLES, metadata={"help": "cluster-bootstrap resamples for the 95%% CIs"})
     max_quarantine: float = field(default=0.01, metadata={"help": "extract fails above this share of unreadable inputs"})
     keep_versions: int = field(default=3, metadata={"help": "model versions kept in the repository per model"})

@@ -27,18 +27,23 @@ def markdown_table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
 
 
-def extract(modality: str, source: str, max_quarantine: float, cache_dir: str, examples, report) -> None:
+def extract(modality: str, sources: list, max_quarantine: float, cache_dir: str, examples, report) -> None:
     from components import extract as step
+    from components import sources as sources_
 
-    source_sha256 = tree_sha256(source)          # the data's content, whatever its path
+    chosen = sources_.parse(sources)
+    # the data's content, whatever its path (a manifest inside the source folder is part of it)
+    described = [{**s.to_dict(), "path": tree_sha256(s.path)} for s in chosen]
     summary, hit = cached(cache_dir, "extract", {"modality": modality, "max_quarantine": max_quarantine,
-                                                 "source_sha256": source_sha256}, {}, {"examples": examples.path},
-                          lambda: step.run(modality, source, examples.path, max_quarantine=max_quarantine))
+                                                 "sources": described}, {}, {"examples": examples.path},
+                          lambda: step.run(modality, chosen, examples.path, max_quarantine=max_quarantine))
     _describe(examples, hit, records=summary["records_written"], quarantined=summary["quarantined"],
-              source=source, source_sha256=source_sha256)
-    write_text(report.path, f"# Extract: {modality}\n\nSource `{source}`\n\n" + markdown_table(
-        [[summary["inputs"], summary["records_written"], summary["quarantined"], summary["patients"]]],
-        ["inputs", "records written", "quarantined", "patients"]))
+              sources={s.name: s.path for s in chosen}, sources_sha256={d["name"]: d["path"] for d in described})
+    rows = [[name, c["path"], c["inputs"], c["records_written"], c["quarantined"], c["patients"]]
+            for name, c in summary["sources"].items()]
+    rows.append(["all", "", summary["inputs"], summary["records_written"], summary["quarantined"], summary["patients"]])
+    write_text(report.path, f"# Extract: {modality}\n\n" + markdown_table(
+        rows, ["source", "path", "inputs", "records written", "quarantined", "patients"]))
 
 
 def split(seed: int, cache_dir: str, examples, splits, report) -> None:
@@ -107,21 +112,23 @@ def train(modality: str, backbone: str, strategy: str, training: dict, cache_dir
               best_val_auc=round(training["best_val_auc"], 4), framework="keras")
 
 
-def evaluate(min_f1: float, bootstrap: int, seed: int, cache_dir: str, model, splits, evaluation,
+def evaluate(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache_dir: str, model, splits, evaluation,
              metrics, classification, report) -> None:
     from components import evaluate as step
 
     test, validation = str(Path(splits.path) / "test"), str(Path(splits.path) / "validation")
-    result, hit = cached(cache_dir, "evaluate", {"min_f1": min_f1, "bootstrap": bootstrap, "seed": seed},
+    result, hit = cached(cache_dir, "evaluate", {"min_f1": min_f1, "collapse_sd": collapse_sd, "bootstrap": bootstrap,
+                                                 "seed": seed},
                          {"model": model.path, "splits": splits.path}, {"evaluation": evaluation.path},
                          lambda: step.run(model.path, test, validation, evaluation.path, min_f1=min_f1,
+                                          collapse_sd=collapse_sd,
                                           bootstrap=bootstrap, seed=seed))
     blessing = artifacts.read_blessing(evaluation.path)
     _describe(evaluation, hit, model_name=result["model_name"], blessed=blessing["blessed"])
-    for name, m in result["metrics"].items():
-        metrics.log_metric(name, round(m["value"], 4))
-        metrics.log_metric(f"{name}_ci95_low", round(m["ci_low"], 4))
-        metrics.log_metric(f"{name}_ci95_high", round(m["ci_high"], 4))
+    _log_metrics(metrics, result)
+    for source, measured in result.get("sources", {}).items():
+        if len(result["sources"]) > 1:
+            _log_metrics(metrics, measured, prefix=f"{source}_")
     metrics.log_metric("threshold", round(result["threshold"], 4))
     metrics.log_metric("blessed", int(blessing["blessed"]))
     _log_classification(Path(evaluation.path), result, classification)
@@ -166,12 +173,104 @@ def evaluation_html(evaluation_dir: Path, result: dict, blessing: dict) -> str:
             f"{pictures}</body></html>")
 
 
-def export(cache_dir: str, model, evaluation, saved_model) -> None:
+def gather(cache_dir: str, previous, evaluation, collected) -> None:
+    """``collected`` = the evaluations in ``previous`` (if any) and ``evaluation``, one numbered
+    subfolder each: the folder a step with a variable number of evaluations reads."""
+    import shutil
+
+    from components.atomic import staged_dir
+
+    earlier = sorted(Path(previous.path).iterdir()) if previous is not None else []
+
+    def copy():
+        with staged_dir(collected.path) as out:
+            for i, folder in enumerate(earlier):
+                shutil.copytree(folder, out / f"{i:02d}")
+            shutil.copytree(evaluation.path, out / f"{len(earlier):02d}")
+        return {"evaluations": len(earlier) + 1}
+
+    inputs = {"evaluation": evaluation.path, **({"previous": previous.path} if previous is not None else {})}
+    result, hit = cached(cache_dir, "gather", {}, inputs, {"collected": collected.path}, copy)
+    _describe(collected, hit, **result)
+
+
+def _members(collected) -> list[str]:
+    return [str(p) for p in sorted(Path(collected.path).iterdir()) if p.is_dir()]
+
+
+def ensemble(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache_dir: str, collected, evaluation,
+             metrics) -> None:
+    """The cohort ensemble (with one member there is none: the folder says so, and the exports
+    carry no ensemble)."""
+    from components import ensemble as step
+    from components.atomic import write_json
+
+    members = _members(collected)
+    if len(members) < 2:
+        Path(evaluation.path).mkdir(parents=True, exist_ok=True)
+        write_json(Path(evaluation.path) / step.ENSEMBLE, {"members": len(members), "none": "one member: no ensemble"})
+        _describe(evaluation, False, ensemble=False)
+        return
+    result, hit = cached(cache_dir, "ensemble", {"min_f1": min_f1, "collapse_sd": collapse_sd, "bootstrap": bootstrap,
+                                                 "seed": seed},
+                         {f"member_{i}": m for i, m in enumerate(members)}, {"evaluation": evaluation.path},
+                         lambda: step.run(members, evaluation.path, bootstrap=bootstrap, seed=seed, min_f1=min_f1,
+                                          collapse_sd=collapse_sd))
+    _describe(evaluation, hit, model_name=result["model_name"], members=len(members))
+    _log_metrics(metrics, result)
+
+
+def _log_metrics(metrics, result: dict, prefix: str = "") -> None:
+    for name, m in result["metrics"].items():
+        metrics.log_metric(f"{prefix}{name}", round(m["value"], 4))
+        metrics.log_metric(f"{prefix}{name}_ci95_low", round(m["ci_low"], 4))
+        metrics.log_metric(f"{prefix}{name}_ci95_high", round(m["ci_high"], 4))
+
+
+def export(cache_dir: str, model, evaluation, ensemble, saved_model) -> None:
+    from components import ensemble as ensemble_step
     from components import export as step
 
-    card, hit = cached(cache_dir, "export", {}, {"model": model.path, "evaluation": evaluation.path},
-                       {"saved_model": saved_model.path}, lambda: step.run(model.path, evaluation.path, saved_model.path))
+    cohort = ensemble.path if (Path(ensemble.path) / ensemble_step.ENSEMBLE).exists() and \
+        "id" in artifacts.read_json(ensemble.path, ensemble_step.ENSEMBLE) else None
+    inputs = {"model": model.path, "evaluation": evaluation.path, **({"ensemble": cohort} if cohort else {})}
+    card, hit = cached(cache_dir, "export", {}, inputs, {"saved_model": saved_model.path},
+                       lambda: step.run(model.path, evaluation.path, saved_model.path, cohort))
     _describe(saved_model, hit, model_name=card["model_name"], framework="tensorflow-savedmodel")
+
+
+def folds(k: int, seed: int, cache_dir: str, examples, folds_out, report) -> None:
+    from components import crossval
+
+    summary, hit = cached(cache_dir, "folds", {"k": k, "seed": seed}, {"examples": examples.path},
+                          {"folds": folds_out.path}, lambda: crossval.folds(examples.path, folds_out.path, k, seed))
+    _describe(folds_out, hit, folds=k, patients=summary["patients"])
+    write_text(report.path, f"# Cross-validation folds: {summary['modality']}\n\n" + markdown_table(
+        [[t["fold"], len(t["patients"]), t["records"], *t["labels"].values()] for t in summary["tested"]],
+        ["fold", "test patients", "test records", *summary["tested"][0]["labels"]]))
+
+
+def select_fold(index: int, cache_dir: str, folds, splits) -> None:
+    import shutil
+
+    from components import crossval
+
+    source = Path(folds.path) / crossval.fold_name(index)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is missing: the folds hold {len(list(Path(folds.path).glob('fold-*')))}")
+    shutil.copytree(source, splits.path)
+    _describe(splits, False, fold=index)
+
+
+def pool(bootstrap: int, seed: int, cache_dir: str, collected, evaluation, metrics) -> None:
+    from components import crossval
+
+    members = _members(collected)
+    result, hit = cached(cache_dir, "pool", {"bootstrap": bootstrap, "seed": seed},
+                         {f"fold_{i}": m for i, m in enumerate(members)}, {"evaluation": evaluation.path},
+                         lambda: crossval.pool(members, evaluation.path, bootstrap=bootstrap, seed=seed))
+    _describe(evaluation, hit, model_name=result["model_name"], folds=len(members))
+    _log_metrics(metrics, result)
 
 
 def push(model_repo: str, keep: int, saved_model, evaluation, record) -> None:

@@ -1,5 +1,7 @@
-"""The real-data study: the three modality pipelines on the real datasets with one profile, the
-best configuration of each modality re-trained with more seeds, and the cross-modality report.
+"""The real-data study: the three modality pipelines on the real datasets with one profile (every
+source of a modality in one pipeline: BUSI and BUS-BRA for ultrasound), the best configuration
+of each modality re-trained with more seeds, patient-level cross-validation of it where the test
+split holds too few patients, and the cross-modality report.
 
     python -m pipelines study --work-dir W --model-repo R --profile cpu|gpu [--data ROOT --modalities M,M]
 
@@ -12,7 +14,10 @@ profile in its model card (``training.profile``).
 The best configuration of each modality is chosen by **validation** AUC, never test, and
 re-trained with seeds 1..``seeds``-1 on the same split; those replicates go to
 ``W/replicates-repository``, not to the served repository, so a replicate never replaces the
-model a clinician is served. ``W/study.json`` records which runs belong to the study; the report
+model a clinician is served. Where the main test split holds fewer than ``CV_BELOW_PATIENTS``
+patients, the same configuration is cross-validated patient-wise (``cv_folds`` folds, the CV
+pipeline): its pooled out-of-fold predictions cover every patient once, and the modality's
+targets are judged on them. ``W/study.json`` records which runs belong to the study; the report
 reads it. Re-running the same command resumes: every finished step comes from the step cache.
 
 The modalities run side by side, one process each, and so do a modality's seed replicates: on 2
@@ -34,6 +39,8 @@ from pipelines.settings import RunSettings
 STUDY = "study.json"
 PARTS = "study-parts"                     # one record per modality, written by its own process
 REPLICATES = "replicates-repository"
+STUDY_ONLY = ("cv_folds",)               # profile entries the study reads itself (not pipeline settings)
+CV_BELOW_PATIENTS = 20                    # test patients (or groups) below which the best configuration is cross-validated
 
 # Every training parameter per modality and profile. The cpu values were chosen on the
 # validation splits (never test) in short runs on this 2-core machine, and sized so that the
@@ -42,31 +49,33 @@ REPLICATES = "replicates-repository"
 # validation AUC .79 against .77 on BUSI (DenseNet121, 64 px, 24 epochs).
 # The study pushes all 18 models (blessing rule F1 >= 0), since its purpose is to serve and compare
 # every one; each card carries its test metrics. A run for deployment keeps the F1 >= 0.70 gate.
-_SCRATCH = dict(weights="none", learning_rate=1e-3, weight_decay=0.05, min_f1=0.0)   # VGG16: lr / 10
+_SCRATCH = dict(weights="none", learning_rate=1e-3, weight_decay=0.05, min_f1=0.0)
 PROFILES: dict[str, dict[str, dict]] = {
     "cpu": {
-        # 14 epochs, not 24: in the 24-epoch run of 2026-12-01 no BUSI model's validation AUC rose after
-        # epoch 12 (best epochs 3, 7, 9 and 11 of four models), and ultrasound, the longest chain,
-        # made the study take over two hours on 2 cores
-        "ultrasound": dict(_SCRATCH, image_size=64, epochs=14, batch_size=16, warmup_epochs=1, patience=8,
+        # BUSI + BUS-BRA (1,049 train images): validation AUC (pooled) at 64 px plateaus by epoch
+        # 4-8 (DenseNet121 .80 by epoch 4, .804 at 12; VGG16-BN .829 at epoch 7 of 10); 96 px gave
+        # .816 at 10 epochs for 2.3 times the arithmetic, which two hours on 2 cores do not hold
+        "ultrasound": dict(_SCRATCH, image_size=64, epochs=8, batch_size=16, warmup_epochs=1, patience=4,
                            augmentation="ultrasound"),
-        # the MIAS crops are learnt fast: validation AUC .95 after 14 epochs (DenseNet121)
+        # the MIAS crops are learnt fast: validation AUC .95 after 14 epochs (DenseNet121); 104 women
+        # leave about 16 in test, so the best configuration is also cross-validated
         "mammography": dict(_SCRATCH, image_size=64, epochs=12, batch_size=16, warmup_epochs=1, patience=6,
-                            augmentation="dihedral"),
-        # 3,505 IDC tiles: validation AUC .92 after one epoch at 48 px, no better after three
+                            augmentation="dihedral", cv_folds=4),
+        # IDC tiles: validation AUC .92 after one epoch at 48 px, no better after three (13 patients);
+        # 16 patients, so the targets are judged on 4-fold patient-level cross-validation
         "histopathology": dict(_SCRATCH, image_size=48, epochs=2, batch_size=32, warmup_epochs=0.5, patience=2,
-                               augmentation="histology"),
+                               augmentation="histology", cv_folds=4),
     },
     "gpu": {
         modality: dict(_SCRATCH, image_size=224, epochs=40, batch_size=32, warmup_epochs=2, patience=12,
-                       augmentation=augmentation)
+                       augmentation=augmentation, cv_folds=5)
         for modality, augmentation in (("ultrasound", "ultrasound"), ("mammography", "dihedral"),
                                        ("histopathology", "histology"))
     },
-    # minutes, not hours: the whole study path (pipelines, seed replicates, report) on small data
+    # minutes, not hours: the whole study path (pipelines, seed replicates, CV, report) on small data
     "smoke": {
         modality: dict(_SCRATCH, image_size=32, epochs=2, batch_size=16, warmup_epochs=0, patience=2,
-                       backbones=["densenet121"], bootstrap=200, min_f1=0.0)
+                       backbones=["densenet121"], bootstrap=200, min_f1=0.0, collapse_sd=0.0, cv_folds=2)
         for modality in ("ultrasound", "mammography", "histopathology")
     },
 }
@@ -76,19 +85,25 @@ PROFILES: dict[str, dict[str, dict]] = {
 TIMINGS = Path(__file__).with_name("study_timings.json")
 
 
-def expected_minutes(profile: str, modalities: list[str], seeds: int, side_by_side: bool = False) -> float:
-    """Each modality's measured minutes (its pipeline and seed replicates): their sum in a row,
-    the longest side by side (on 2 cores the modalities share the cores, so that figure is measured
-    side by side too)."""
-    timings = json.loads(TIMINGS.read_text())[profile]
-    minutes = {m: timings["side_by_side" if side_by_side else "in_a_row"][m] * (1 + (seeds - 1) / 6) for m in modalities}
-    return max(minutes.values()) if side_by_side else sum(minutes.values())
+def expected_minutes(profile: str, modalities: list[str], seeds: int, side_by_side: bool = False) -> tuple[float, float]:
+    """(minutes until every modality's models are trained, minutes more for the seed replicates
+    and the cross-validation), from each modality's measured minutes: in a row their sum, side
+    by side the longest (on 2 cores the modalities share the cores, so those figures are measured
+    side by side too). The second part scales with the seeds beyond the first."""
+    timings = json.loads(TIMINGS.read_text())[profile]["side_by_side" if side_by_side else "in_a_row"]
+    main = {m: timings["models"][m] for m in modalities}
+    extra = {m: timings["replicates"][m] * max(0, seeds - 1) / 2 + timings["cross_validation"].get(m, 0)
+             for m in modalities}
+    if side_by_side:
+        return max(main.values()), max(main[m] + extra[m] for m in modalities) - max(main.values())
+    return sum(main.values()), sum(extra.values())
 
 
 def settings(profile: str, modality: str, **overrides) -> RunSettings:
     if profile not in PROFILES:
         raise cli.UserError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    return RunSettings(**{**PROFILES[profile][modality], "profile": profile, **overrides})
+    values = {k: v for k, v in PROFILES[profile][modality].items() if k not in STUDY_ONLY}
+    return RunSettings(**{**values, "profile": profile, **overrides})
 
 
 def run(data: str | Path, work_dir: str | Path, model_repo: str | Path, profile: str,
@@ -99,10 +114,11 @@ def run(data: str | Path, work_dir: str | Path, model_repo: str | Path, profile:
     process, which writes its record to ``W/study-parts/`` and leaves the report to its parent)."""
     data, work_dir = Path(data), Path(work_dir)
     modalities = modalities or list(catalog.MODALITIES)
-    sources = {m: data / catalog.modality(m).study_dataset for m in modalities}
-    missing = [str(p) for p in sources.values() if not p.exists()]
+    chosen = {m: study_sources(m, data) for m in modalities}
+    missing = [s.path for m in modalities for s in chosen[m] if not Path(s.path).exists()]
     if missing:
-        raise cli.UserError(f"missing dataset folders {missing}: --data must hold busi/, idc/ and ddsm/ "
+        folders = sorted({d["path"] for m in catalog.MODALITIES.values() for d in m.study_sources})
+        raise cli.UserError(f"missing dataset folders {missing}: --data must hold {', '.join(f + '/' for f in folders)} "
                             "(see ../shared/datasets/README.md)")
     settings(profile, modalities[0])                      # an unknown profile fails here, before any work
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -110,12 +126,14 @@ def run(data: str | Path, work_dir: str | Path, model_repo: str | Path, profile:
     if part:
         for modality in modalities:
             write_json(work_dir / PARTS / f"{modality}.json",
-                       _chain(modality, sources[modality], work_dir, model_repo, profile, seeds, echo))
+                       _chain(modality, data, work_dir, model_repo, profile, seeds, echo))
         return work_dir / PARTS
     parallel = side_by_side and len(modalities) > 1
-    minutes = expected_minutes(profile, modalities, seeds, parallel)
-    echo(f"study, profile {profile}: {', '.join(modalities)}{' side by side' if parallel else ''}; expected about "
-         f"{minutes:.0f} minutes on the machine the profile is for. Progress follows per task and per epoch.")
+    models, extra = expected_minutes(profile, modalities, seeds, parallel)
+    echo(f"study, profile {profile}: {', '.join(modalities)}{' side by side' if parallel else ''}; expected on the "
+         f"machine the profile is for: about {models:.0f} minutes until all {6 * len(modalities)} models are trained, "
+         f"evaluated and pushed, then about {extra:.0f} minutes more for the seed replicates and the "
+         "cross-validation. Progress follows per task and per epoch.")
     record = {"profile": profile, "data": str(data.resolve()), "seeds": seeds, "modalities": {}}
     if (work_dir / STUDY).exists():      # a run of some modalities keeps the others' record
         earlier = json.loads((work_dir / STUDY).read_text())
@@ -141,8 +159,7 @@ def run(data: str | Path, work_dir: str | Path, model_repo: str | Path, profile:
                                 "the same command resumes from the step cache")
     else:
         for modality in modalities:
-            record["modalities"][modality] = _chain(modality, sources[modality], work_dir, model_repo, profile,
-                                                    seeds, echo)
+            record["modalities"][modality] = _chain(modality, data, work_dir, model_repo, profile, seeds, echo)
             save()
     for path in report.run(work_dir):
         echo(path)
@@ -150,25 +167,48 @@ def run(data: str | Path, work_dir: str | Path, model_repo: str | Path, profile:
     return work_dir / STUDY
 
 
-def _chain(modality: str, source: Path, work_dir: Path, model_repo, profile: str, seeds: int, echo) -> dict:
-    """One modality's pipeline, then its best configuration (on validation) with seeds 1..seeds-1."""
+def study_sources(modality: str, data: Path) -> list:
+    from components import sources
+
+    return sources.study_sources(modality, data)
+
+
+def _chain(modality: str, data: Path, work_dir: Path, model_repo, profile: str, seeds: int, echo) -> dict:
+    """One modality's pipeline, then its best configuration (on validation) with seeds
+    1..seeds-1 and, where the test split holds too few patients, its cross-validation: those
+    side by side, one process each (on 2 cores two finish well before two in a row)."""
     started = time.time()
-    main = local.run(modality, source, model_repo, work_dir, settings(profile, modality), echo=echo)
+    chosen = study_sources(modality, data)
+    main = local.run(modality, chosen, model_repo, work_dir, settings(profile, modality), echo=echo)
     best = report.best_on_validation(main)
     if best is None:
         raise cli.UserError(f"{main} holds no trained model")
     _, backbone, strategy = catalog.parse_model_name(best)
     val_auc = report.validation_aucs(main)[best]
+    test_patients = report.test_patients(main)
+    folds = PROFILES[profile][modality].get("cv_folds", 0) if test_patients < CV_BELOW_PATIENTS else 0
     echo(f"{modality}: best on validation {best} (AUC {val_auc:.3f})"
-         + (f"; seeds 1..{seeds - 1} follow" if seeds > 1 else ""))
-    # the seed replicates side by side, one process each (on 2 cores two finish well before two in a row)
-    runs = {f"{modality} seed {seed}": local.new_run_id(modality) for seed in range(1, seeds)}
-    failed = local.side_by_side({key: [
-        sys.executable, "-m", "pipelines", "run", "--modality", modality, "--data", str(source),
+         + (f"; seeds 1..{seeds - 1} follow" if seeds > 1 else "")
+         + (f"; {test_patients} test patients: {folds}-fold cross-validation follows" if folds else ""))
+    sources_file = work_dir / f"{modality}-sources.json"
+    write_json(sources_file, [s.to_dict() for s in chosen])
+    one = dict(backbones=[backbone], strategies=[strategy])
+    runs = {f"{modality} seed {seed}": (local.new_run_id(modality), seed) for seed in range(1, seeds)}
+    commands = {key: [
+        sys.executable, "-m", "pipelines", "run", "--modality", modality, "--data", str(sources_file),
         "--model-repo", str(Path(work_dir) / REPLICATES), "--work-dir", str(work_dir), "--run-id", run_id,
-        *cli.to_options(settings(profile, modality, seed=seed, backbones=[backbone], strategies=[strategy]))]
-        for seed, (key, run_id) in enumerate(runs.items(), start=1)}, echo)
+        *cli.to_options(settings(profile, modality, seed=seed, **one))]
+        for key, (run_id, seed) in runs.items()}
+    cv_run = local.new_run_id(f"{modality}-cv") if folds else None
+    if cv_run:
+        commands[f"{modality} cv"] = [
+            sys.executable, "-m", "pipelines", "cv", "--modality", modality, "--data", str(sources_file),
+            "--work-dir", str(work_dir), "--run-id", cv_run, "--folds", str(folds),
+            *cli.to_options(settings(profile, modality, **one))]
+    failed = local.side_by_side(commands, echo)
     if failed:
-        raise cli.UserError(f"the replicate runs {', '.join(failed)} failed (their lines above say why)")
+        raise cli.UserError(f"the runs {', '.join(failed)} failed (their lines above say why)")
     return {"run": main.name, "best": {"backbone": backbone, "strategy": strategy, "validation_auc": val_auc},
-            "replicates": list(runs.values()), "seeds": seeds, "minutes": round((time.time() - started) / 60, 1)}
+            "replicates": [run_id for run_id, _ in runs.values()], "seeds": seeds, "test_patients": test_patients,
+            **({"cross_validation": cv_run, "folds": folds} if cv_run else {}),
+            "minutes": round((time.time() - started) / 60, 1)}

@@ -7,6 +7,7 @@ store (MLMD) play the part that the step cache and ``manifest.json`` play in loc
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -16,12 +17,21 @@ from pipelines import definition
 
 def arguments(data: str, settings, image: str | None, data_pvc: str, model_repo_pvc: str,
               accelerator_type: str, accelerator_limit: int) -> dict:
-    if not data.startswith("/"):
-        raise cli.UserError(f"--data {data!r} must be an absolute path as the pods see it, e.g. "
+    """``data``: a dataset path as the pods see it, or a local sources JSON file whose paths are."""
+    from components import sources
+
+    # a sources file's paths are the pods' paths: taken as written, not resolved here
+    chosen = sources.parse(json.loads(Path(data).read_text())) if data.endswith(".json") else None
+    paths = [s.path for s in chosen] if chosen else [data]
+    relative = [p for p in paths if not p.startswith("/")]
+    if relative:
+        raise cli.UserError(f"--data {relative[0]!r} must be an absolute path as the pods see it, e.g. "
                             f"{definition.DATA_MOUNT}/busi (the data PVC is mounted at {definition.DATA_MOUNT})")
+    chosen = chosen or [sources.single(Path(data))]
     if settings.weights not in ("imagenet", "none") and not settings.weights.startswith("/"):
         raise cli.UserError("--weights must be imagenet, none, or an absolute path inside the component image")
-    args = {**settings.arguments(), "source": data, "model_repo": definition.MODELS_MOUNT, "data_pvc": data_pvc,
+    args = {**settings.arguments(), "sources": [s.to_dict() for s in chosen], "model_repo": definition.MODELS_MOUNT,
+            "data_pvc": data_pvc,
             "model_repo_pvc": model_repo_pvc, "accelerator_type": accelerator_type,
             "accelerator_limit": accelerator_limit}
     if image:

@@ -16,6 +16,7 @@ from pipelines.settings import RunSettings
 from serving import repository
 from tests.conftest import run_cli
 
+
 IMAGE_PARAM = "{{$.inputs.parameters['pipelinechannel--image']}}"
 
 
@@ -75,7 +76,9 @@ def test_compile_writes_one_pipeline_per_modality_with_six_gpu_training_tasks(co
 # Two of the three backbones keep the local run to about four minutes on 2 cores; the compile
 # test checks all six branches of every pipeline, and the trained-models fixture trains each one.
 LOCAL_BACKBONES = ("resnet50", "vgg16")
-LOCAL_TASKS = 5 + 4 * len(LOCAL_BACKBONES) * len(catalog.STRATEGIES)   # extract, split, stain, validate, baselines
+# extract, split, stain, validate, baselines; per strategy train, evaluate, export, push per backbone, a
+# gather per backbone and the cohort ensemble
+LOCAL_TASKS = 5 + (5 * len(LOCAL_BACKBONES) + 1) * len(catalog.STRATEGIES)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,8 @@ def local_run(sample_sources, tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline-run")
     args = ["pipelines", "run", "--modality", "histopathology", "--data", str(sample_sources["histopathology"]),
             "--model-repo", str(base / "repo"), "--work-dir", str(base / "work"), "--image-size", "32",
-            "--epochs", "2", "--head-epochs", "1", "--batch-size", "16", "--min-f1", "0", "--weights", "none",
+            "--epochs", "2", "--head-epochs", "1", "--batch-size", "16", "--min-f1", "0", "--collapse-sd", "0",
+            "--weights", "none",
             "--bootstrap", "100", "--seed", "1", "--backbones", ",".join(LOCAL_BACKBONES)]
     first = run_cli(*args)
     (run_dir,) = [p.parent for p in (base / "work").glob("*/manifest.json")]
@@ -109,10 +113,13 @@ def test_manifest_records_data_code_splits_metrics_and_pushes(local_run):
     manifest = json.loads((local_run["run_dir"] / "manifest.json").read_text())
     assert manifest["pipeline"]["name"] == "bcimaging-histopathology"
     assert manifest["parameters"]["training"]["image_size"] == 32 and manifest["code"]["sources_sha256"]
-    assert manifest["input_data"]["records_written"] == 60 and len(manifest["input_data"]["sha256"]) == 64
+    assert manifest["input_data"]["records_written"] == 60
+    (source,) = manifest["input_data"]["sources"]
+    assert source["records_written"] == 60 and len(source["sha256"]) == 64 and source["name"] == "histopathology"
     assert sum(s["records"] for s in manifest["splits"]["counts"].values()) == 60
     assert len(manifest["splits"]["manifest_sha256"]) == 64
     assert len(manifest["metrics"]) == len(LOCAL_BACKBONES) * len(catalog.STRATEGIES)
+    assert sorted(manifest["ensembles"]) == [f"histopathology-ensemble-{s}" for s in sorted(catalog.STRATEGIES)]
     assert sorted(manifest["baselines"]) == ["histopathology-baseline-histogram", "histopathology-baseline-majority"]
     for m in manifest["metrics"].values():
         auc = m["metrics"]["roc_auc"]
@@ -163,13 +170,18 @@ def test_audit_rehashes_the_pushed_versions_in_the_repository(local_run):
     assert run_cli("pipelines", "audit", str(run_dir)).returncode == 0
 
 
+def _main_runs(work: Path) -> list[Path]:
+    return sorted(p.parent for p in work.glob("*/manifest.json")
+                  if not json.loads(p.read_text())["pipeline"]["name"].endswith("-cv"))
+
+
 def test_rerun_with_unchanged_inputs_reuses_every_cached_step(local_run):
     again = run_cli(*local_run["args"])
     lines = [l for l in again.stdout.splitlines() if l.strip().startswith("[") and "[epoch]" not in l]
     assert len(lines) == LOCAL_TASKS
     assert "[epoch]" not in again.stdout           # nothing was trained again
     assert all("(cached)" in l for l in lines if " push " not in l)
-    runs = sorted(p.parent for p in (local_run["base"] / "work").glob("*/manifest.json"))
+    runs = _main_runs(local_run["base"] / "work")
     assert len(runs) == 2
     first, second = (json.loads((r / "manifest.json").read_text()) for r in runs)
     assert first["metrics"] == second["metrics"]
@@ -180,7 +192,8 @@ def test_rerun_with_unchanged_inputs_reuses_every_cached_step(local_run):
 def test_report_compares_backbones_and_strategies(local_run, tmp_path):
     run_cli("pipelines", "report", "--work-dir", str(local_run["base"] / "work"), "--out", str(tmp_path))
     md = (tmp_path / "report.md").read_text()
-    assert "histopathology: unfrozen models and baselines" in md and "histopathology: progressive models" in md
+    assert "histopathology: unfrozen models, cohort ensemble and baselines" in md and "histopathology: progressive models" in md
+    assert "cohort ensemble (mean of the three)" in md and "ensemble-unfrozen vs" in md
     assert "baseline: histogram" in md and "baseline: majority" in md
     assert "p (Holm)" in md and "resnet50-unfrozen vs vgg16-unfrozen" in md and "Best configuration per modality" in md
     assert "per-patient results" in md
@@ -193,6 +206,52 @@ def test_report_compares_backbones_and_strategies(local_run, tmp_path):
     assert (tmp_path / "forest_plot.png").stat().st_size > 5000
     empty = run_cli("pipelines", "report", "--work-dir", str(tmp_path / "nothing"), check=False)
     assert empty.returncode == 2 and "no finished run" in empty.stderr
+
+
+@pytest.fixture(scope="module")
+def cv_run(local_run):
+    """3-fold patient-level cross-validation of one configuration, in the local run's work dir
+    (its extract step comes from the cache)."""
+    args = ["pipelines", "cv", "--modality", "histopathology", "--data", local_run["args"][local_run["args"].index("--data") + 1],
+            "--work-dir", str(local_run["base"] / "work"), "--folds", "3", "--backbones", "resnet50",
+            "--strategies", "unfrozen", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--min-f1", "0",
+            "--collapse-sd", "0", "--weights", "none", "--bootstrap", "100", "--seed", "1"]
+    out = run_cli(*args)
+    (run_dir,) = [p.parent for p in (local_run["base"] / "work").glob("histopathology-cv-*/manifest.json")]
+    return {"run_dir": run_dir, "stdout": out.stdout}
+
+
+def test_cross_validation_tests_every_patient_exactly_once_out_of_fold(cv_run, local_run, tmp_path):
+    import csv
+
+    from components import records, schema
+
+    run_dir = cv_run["run_dir"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["pipeline"]["name"] == "bcimaging-histopathology-cv" and not manifest["pushed"]
+    (name, oof), = manifest["out_of_fold"].items()
+    assert name == "histopathology-resnet50-unfrozen (out-of-fold)" and len(oof["folds"]) == 3
+    (folds_dir,) = [p for p in run_dir.glob("*/folds/folds") if p.is_dir()]
+    summary = json.loads((folds_dir / "folds.json").read_text())
+    tested = [q for t in summary["tested"] for q in t["patients"]]
+    assert len(tested) == len(set(tested)) == summary["patients"] == 6            # no patient in two folds
+    for i in range(3):
+        fold = {s: {schema.deserialize(r).patient_id for r in records.read_records(folds_dir / f"fold-{i}" / s)}
+                for s in ("train", "validation", "test")}
+        assert not (fold["train"] & fold["test"] or fold["validation"] & fold["test"] or fold["train"] & fold["validation"])
+        assert fold["test"] == set(summary["tested"][i]["patients"])
+    (pooled,) = [p.parent for p in run_dir.rglob("evaluation/metrics.json") if "collected" not in p.parts
+                 and "folds" in json.loads(p.read_text())]
+    rows = list(csv.DictReader((pooled / "predictions.csv").open()))
+    examples = [schema.deserialize(r) for r in records.read_records(next(run_dir.glob("*/extract/examples")))]
+    assert sorted(r["source_id"] for r in rows) == sorted(e.source_id for e in examples)   # every record once
+    assert {r["patient_id"] for r in rows} == set(tested)
+    metrics = json.loads((pooled / "metrics.json").read_text())
+    assert metrics["records"] == 60 and metrics["clusters"] == 6 and len(metrics["per_patient"]) == 6
+    run_cli("pipelines", "report", "--work-dir", str(local_run["base"] / "work"), "--out", str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    assert "3-fold patient-level cross-validation of histopathology-resnet50-unfrozen" in md
+    assert "per-patient out-of-fold results" in md
 
 
 def test_bad_run_and_submit_arguments_get_clear_errors(tmp_path):
@@ -230,10 +289,11 @@ def test_study_profiles_name_every_training_parameter_and_check_the_data_root(tm
             assert {"image_size", "epochs", "batch_size", "learning_rate", "augmentation"} <= set(
                 study.PROFILES[profile][modality])
     assert study.settings("gpu", "ultrasound").image_size == 224 and study.settings("gpu", "ultrasound").epochs == 40
-    assert study.expected_minutes("cpu", list(catalog.MODALITIES), 3, side_by_side=True) <= 120
+    models, extra = study.expected_minutes("cpu", list(catalog.MODALITIES), 3, side_by_side=True)
+    assert models <= 120 and extra <= 60
     missing = run_cli("pipelines", "study", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
                       "--model-repo", str(tmp_path / "r"), "--profile", "cpu", check=False)
-    assert missing.returncode == 2 and "busi" in missing.stderr and "ddsm" in missing.stderr
+    assert missing.returncode == 2 and all(f in missing.stderr for f in ("busi", "busbra", "ddsm", "idc"))
 
 
 def test_the_step_cache_key_covers_the_installed_dependency_lock():
