@@ -21,8 +21,19 @@ PREDICTION = {"type": "object", "additionalProperties": False,
                              "threshold": {"type": "number"}}}
 MODEL_ERROR = {"type": "object", "additionalProperties": False, "required": ["model", "error"],
                "properties": {"model": STRING, "error": STRING}}
-COMPARISON = {"type": "object", "additionalProperties": False, "required": ["modality", "strategy", "models", "agreement"],
-              "properties": {"modality": STRING, "strategy": STRING,
+ENSEMBLE = {"oneOf": [
+    {"type": "object", "additionalProperties": False,
+     "required": ["available", "model", "members", "probability", "label", "label_name", "threshold", "combination"],
+     "properties": {"available": {"type": "boolean", "enum": [True]}, "model": STRING,
+                    "members": {"type": "array", "items": STRING},
+                    "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                    "label": {"type": "integer", "enum": [0, 1]}, "label_name": STRING, "threshold": {"type": "number"},
+                    "combination": STRING}},
+    {"type": "object", "additionalProperties": False, "required": ["available", "reason"],
+     "properties": {"available": {"type": "boolean", "enum": [False]}, "reason": STRING}}]}
+COMPARISON = {"type": "object", "additionalProperties": False,
+              "required": ["modality", "strategy", "models", "agreement", "ensemble"],
+              "properties": {"modality": STRING, "strategy": STRING, "ensemble": ENSEMBLE,
                              "models": {"type": "array", "items": {"oneOf": [PREDICTION, MODEL_ERROR]}},
                              "agreement": {"type": "object", "additionalProperties": False,
                                            "required": ["agreeing", "of", "unanimous"],
@@ -147,7 +158,8 @@ def document() -> dict:
             **_v2_model_operations("/explain", "post", {"summary": "Extension bcimaging_explain: Grad-CAM heatmap",
                                                         **infer}),
             "/v2/cohorts/{modality}/{strategy}/infer": {"post": {
-                "summary": "Extension bcimaging_compare: the cohort's models on one image",
+                "summary": "Extension bcimaging_compare: the cohort's models on one image, and their ensemble "
+                           "(outputs ensemble_probability, ensemble_label, ensemble_threshold when it is available)",
                 "parameters": _path("modality", "strategy"), **infer}},
         },
     }

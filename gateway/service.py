@@ -32,8 +32,9 @@ def predict(client: ServingClient, deployed: Deployed, name: str, png: bytes) ->
 
 
 def compare(client: ServingClient, deployed: Deployed, names: list[str], png: bytes) -> dict:
-    """The cohort's models asked in parallel; agreement says whether their labels concur."""
-    results = []
+    """The cohort's models asked in parallel; agreement says whether their labels concur, and
+    the cohort ensemble combines their answers (no forward pass of its own)."""
+    results, probabilities = [], {}
     for name, outcome in zip(names, client.predict_many(names, png)):
         if isinstance(outcome, ServingUnavailable):
             raise outcome
@@ -41,10 +42,39 @@ def compare(client: ServingClient, deployed: Deployed, names: list[str], png: by
             results.append({"model": name, "error": str(outcome)})
         else:
             results.append(_result(deployed, outcome))
+            probabilities[name] = float(outcome.outputs["probability"][0])
     labels = [r["label"] for r in results if "label" in r]
     agree = max(labels.count(0), labels.count(1)) if labels else 0
     return {"models": results, "agreement": {"agreeing": agree, "of": len(labels),
-                                             "unanimous": bool(labels) and agree == len(labels)}}
+                                             "unanimous": bool(labels) and agree == len(labels)},
+            "ensemble": ensemble(deployed, names, probabilities)}
+
+
+def ensemble(deployed: Deployed, names: list[str], probabilities: dict[str, float]) -> dict:
+    """The cohort ensemble's answer: the mean of the members' calibrated probabilities at the
+    threshold chosen on validation (components.ensemble), when the versions that answered are
+    the members that ensemble was validated with; otherwise why there is none."""
+    def unavailable(reason: str) -> dict:
+        return {"available": False, "reason": reason}
+
+    if len(probabilities) != len(names):
+        return unavailable("not every member of the cohort answered")
+    entries = [(deployed.card(n) or {}).get("cohort_ensemble") for n in names]
+    if any(e is None for e in entries):
+        return unavailable("the served versions' cards name no cohort ensemble (exported alone, or before ensembles)")
+    if len({e["id"] for e in entries}) != 1:
+        return unavailable("the served versions come from different pipeline runs: no threshold was validated "
+                           "for this combination")
+    entry = entries[0]
+    if sorted(entry["members"]) != sorted(names):
+        return unavailable(f"the ensemble was validated with {', '.join(entry['members'])}, "
+                           f"the cohort serves {', '.join(names)}")
+    probability = sum(probabilities.values()) / len(probabilities)
+    label = int(probability >= entry["threshold"])
+    label_names = (deployed.card(names[0]) or {}).get("label_names", ["negative", "positive"])
+    return {"available": True, "model": entry["name"], "members": list(entry["members"]),
+            "probability": round(probability, 6), "label": label, "label_name": label_names[label],
+            "threshold": round(float(entry["threshold"]), 6), "combination": entry["combination"]}
 
 
 def not_ready(state) -> str | None:

@@ -277,6 +277,14 @@ def compare(modality, strategy):
                "probability": ("FP32", np.array([r["probability"] for r in answered], np.float32)),
                "label": ("INT64", np.array([r["label"] for r in answered], np.int64)),
                "threshold": ("FP32", np.array([r["threshold"] for r in answered], np.float32))}
-    return _respond(parsed, f"{modality}/{strategy}", None, outputs,
-                    {"agreeing": result["agreement"]["agreeing"], "of": result["agreement"]["of"],
-                     "unanimous": result["agreement"]["unanimous"]})
+    ensemble = result["ensemble"]
+    parameters = {"agreeing": result["agreement"]["agreeing"], "of": result["agreement"]["of"],
+                  "unanimous": result["agreement"]["unanimous"]}
+    if ensemble["available"]:
+        outputs.update(ensemble_probability=("FP32", np.array([ensemble["probability"]], np.float32)),
+                       ensemble_label=("INT64", np.array([ensemble["label"]], np.int64)),
+                       ensemble_threshold=("FP32", np.array([ensemble["threshold"]], np.float32)))
+        parameters["ensemble"] = ensemble["model"]
+    else:
+        parameters["ensemble_unavailable"] = ensemble["reason"]
+    return _respond(parsed, f"{modality}/{strategy}", None, outputs, parameters)

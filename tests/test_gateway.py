@@ -20,6 +20,7 @@ from serving import repository
 from serving.client import ServingClient
 from serving.server import Server
 
+
 NAME = "ultrasound-resnet50-unfrozen"
 
 
@@ -83,6 +84,36 @@ def test_compare_asks_the_three_backbones(stack, upload):
     labels = [m["label"] for m in models]
     assert r.json["agreement"]["agreeing"] == max(labels.count(0), labels.count(1))
     assert stack["client"].post("/api/v1/cohorts/ultrasound/nope:compare", **_multipart(upload)).status_code == 404
+    # the cohort ensemble: the mean of the three served probabilities at its validation threshold
+    ensemble = r.json["ensemble"]
+    card = json.loads((stack["root"] / NAME / "1" / "assets.extra" / "model_card.json").read_text())["cohort_ensemble"]
+    assert ensemble["available"] and ensemble["model"] == "ultrasound-ensemble-unfrozen"
+    assert ensemble["probability"] == pytest.approx(np.mean([m["probability"] for m in models]), abs=2e-6)
+    assert ensemble["threshold"] == pytest.approx(card["threshold"]) and card["threshold_chosen_on"].endswith("validation")
+    assert ensemble["label"] == int(ensemble["probability"] >= ensemble["threshold"])
+
+
+def test_no_ensemble_answer_for_members_of_different_runs(pipeline_outputs, upload, tmp_path):
+    """A cohort whose served versions were not validated together gets the three answers and
+    the reason there is no combined one, never a combination nobody chose a threshold for."""
+    root = tmp_path / "repo"
+    for name in ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultrasound-densenet121-unfrozen"):
+        repository.push(pipeline_outputs[name] / "saved_model", root)
+    card_path = root / "ultrasound-vgg16-unfrozen" / "1" / "assets.extra" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["cohort_ensemble"]["id"] = "another-run"
+    card_path.write_text(json.dumps(card))
+    server = Server(root, port=0)
+    try:
+        client = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", deadline_s=3.0)).test_client()
+        r = client.post("/api/v1/cohorts/ultrasound/unfrozen:compare", **_multipart(upload))
+        assert r.status_code == 200 and len(r.json["models"]) == 3
+        assert r.json["ensemble"] == {"available": False, "reason": "the served versions come from different pipeline "
+                                      "runs: no threshold was validated for this combination"}
+        page = client.post("/cohorts/ultrasound/unfrozen", **_multipart(upload)).data.decode()
+        assert "No cohort ensemble: the served versions come from different pipeline runs" in page
+    finally:
+        server.stop()
 
 
 def test_health_readiness_metrics_and_openapi(stack, upload):
@@ -215,7 +246,7 @@ def test_pages_render_from_the_deployed_models(stack, upload):
     assert page.status_code == 200 and b'id="result-label"' in page.data and b"data:image/png;base64," in page.data
     assert c.get(f"/models/{NAME}/pictures/roc.png").headers["Content-Type"] == "image/png"
     compare = c.post("/cohorts/ultrasound/unfrozen", **_multipart(upload)).data.decode()
-    assert "models agree" in compare and compare.count('class="cell-') == 3
+    assert "models agree" in compare and compare.count('class="cell-') == 4 and 'id="ensemble"' in compare
     results = c.get("/results").data.decode()
     assert "ultrasound-vgg16-unfrozen" in results and "forest plot of test ROC-AUC" in results and "<circle" in results
     assert c.get("/models/nope").status_code == 404

@@ -14,6 +14,7 @@ from serving import repository
 from serving.client import ServingClient
 from tests.conftest import live_gateway
 
+
 NAME = "ultrasound-resnet50-unfrozen"
 
 
@@ -104,8 +105,14 @@ def test_v2_metadata_extensions_and_errors_follow_the_spec(live, png):
     status, heat = _http(f"http://{live['url']}/v2/models/{NAME}/versions/1/explain", {"inputs": [tensor]})
     assert status == 200 and heat["outputs"][0]["shape"] == [1, 32, 32]
     status, cohort = _http(f"http://{live['url']}/v2/cohorts/ultrasound/unfrozen/infer", {"inputs": [tensor]})
-    models = next(o for o in cohort["outputs"] if o["name"] == "model")
-    assert status == 200 and models["shape"] == [3] and cohort["parameters"]["of"] == 3
+    outputs = {o["name"]: o for o in cohort["outputs"]}
+    assert status == 200 and outputs["model"]["shape"] == [3] and cohort["parameters"]["of"] == 3
+    # the cohort ensemble beside the three answers: their mean, at its validation threshold
+    assert cohort["parameters"]["ensemble"] == "ultrasound-ensemble-unfrozen"
+    mean = np.mean(outputs["probability"]["data"])
+    assert outputs["ensemble_probability"]["data"][0] == pytest.approx(mean, abs=1e-5)
+    assert outputs["ensemble_label"]["data"][0] == int(outputs["ensemble_probability"]["data"][0]
+                                                       >= outputs["ensemble_threshold"]["data"][0])
     for path, body, code in [
             ("/v2/models/nope/infer", {"inputs": [tensor]}, 404),
             (f"/v2/models/{NAME}/versions/7/infer", {"inputs": [tensor]}, 404),
