@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 # Two workers (pytest-xdist): much of the suite is single-threaded (process start-up, graph
-# tracing, export), so both cores stay busy: 960 s against 1533 s in one process, although each
-# worker builds the session fixtures (the trained models) for itself.
+# tracing, export), so both cores stay busy. The modules that share the trained models, and those
+# that share the local pipeline run, each run on one worker (tests/conftest.py, WORKER_GROUPS),
+# so each fixture is built once, not once per worker.
 PYTEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
@@ -31,7 +32,7 @@ demo: install
 	PYTHONUNBUFFERED=1 $(PY) -m pipelines.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=10 $(PYTEST_ARGS) tests
 
 # The real-data study (a benchmark, not CI): 18 models on ../shared/datasets, seeds, the report.
 study: install

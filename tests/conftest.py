@@ -9,11 +9,34 @@ from pathlib import Path
 
 import pytest
 
-from components import catalog, evaluate, export, extract, sample_data, split, stain, train
+from components import catalog, ensemble, evaluate, export, extract, sample_data, split, stain, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+# Test modules that share an expensive session fixture run on one xdist worker, so it is built
+# once, not once per worker: the trained models (pipeline_outputs, about 160 s) and the local
+# pipeline run (about 180 s). pytest-xdist's own "loadgroup" marks do not take effect under
+# pytest 9 (the nodeid suffix they rely on is not used), so the scheduler is given the groups.
+WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway", "test_gateway_process",
+                                                   "test_gateway_v2", "test_pages_browser", "test_serving",
+                                                   "test_train_evaluate_export")},
+                 "test_pipelines": "pipeline-run"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's load-by-scope scheduling with scopes from WORKER_GROUPS; every other test is a
+    scope of its own, spread over the workers as they come free."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Grouped(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+            return WORKER_GROUPS.get(module, nodeid)
+
+    return Grouped(config, log)
 
 
 def needs_shared_datasets():
@@ -59,7 +82,10 @@ COMBOS = {("resnet50", "unfrozen"): "ultrasound", ("vgg16", "unfrozen"): "ultras
 
 @pytest.fixture(scope="session")
 def pipeline_outputs(sample_splits, tmp_path_factory):
-    """Each backbone x strategy trained 1 epoch at 32 px, evaluated and exported (SavedModel)."""
+    """Each backbone x strategy trained 1 epoch at 32 px, evaluated and exported (SavedModel);
+    the ultrasound unfrozen cohort with its ensemble (``<base>/ensemble``) in every member's card."""
+    import keras
+
     base = tmp_path_factory.mktemp("models")
     outputs = {}
     for (backbone, strategy), modality in COMBOS.items():
@@ -70,11 +96,12 @@ def pipeline_outputs(sample_splits, tmp_path_factory):
                                    epochs=1 if strategy == "unfrozen" else 2, batch_size=16, weights="none", seed=1)
         train.run(splits, base / name / "model", config)
         evaluate.run(base / name / "model", splits / "test", splits / "validation", base / name / "eval",
-                     min_f1=0.0, bootstrap=200)
-        export.run(base / name / "model", base / name / "eval", base / name / "saved_model")
+                     min_f1=0.0, bootstrap=200, collapse_sd=0.0)
         outputs[name] = base / name
-        import keras
-
+        keras.backend.clear_session()
+    ensemble.run([outputs[n] / "eval" for n in ULTRASOUND_UNFROZEN], base / "ensemble", bootstrap=200, collapse_sd=0.0)
+    for name, out in outputs.items():
+        export.run(out / "model", out / "eval", out / "saved_model", base / "ensemble" if name in ULTRASOUND_UNFROZEN else None)
         keras.backend.clear_session()
     return outputs
 

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import ARTIFACTS, live_gateway
 
+
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,negative_data_rejection"
 
 

@@ -1,3 +1,4 @@
+import pytest
 """The gateway as it runs in production (waitress, `python -m gateway`): slow clients cannot
 starve it, SIGTERM drains, and uploads reach the model server no larger than needed."""
 import base64
@@ -23,6 +24,7 @@ from gateway.app import GatewayConfig
 from gateway.uploads import read_image, transport_side
 from serving import repository
 from serving.server import Server, free_port
+
 
 NAME = "ultrasound-resnet50-unfrozen"
 

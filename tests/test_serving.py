@@ -16,6 +16,7 @@ from serving import protos, repository
 from serving.client import ServingClient, ServingRejected
 from serving.server import Server
 
+
 NAME = "ultrasound-resnet50-unfrozen"
 
 
