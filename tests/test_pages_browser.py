@@ -92,7 +92,9 @@ def test_upload_result_compare_and_error_banner_in_chromium(site, browser):
     browser.find_element(By.ID, "image-input").send_keys(str(site["files"] / "scan.png"))
     browser.find_element(By.ID, "compare-button").click()
     rows = _after_submit(browser, "#result tr.cell-0, #result tr.cell-1")
-    assert len(rows) == 3 and "models agree" in browser.find_element(By.ID, "result").text
+    # three model rows and the cohort ensemble's row (the ensemble of the three answers)
+    assert len(rows) == 4 and "models agree" in browser.find_element(By.ID, "result").text
+    assert "Cohort ensemble" in browser.find_element(By.ID, "ensemble").text
     _shot(browser, "compare")
 
     browser.get(site["url"] + "/models/ultrasound-vgg16-unfrozen")
