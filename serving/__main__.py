@@ -1,9 +1,16 @@
-"""``python -m serving push|serve|configs|protos``: the model repository, the embedded server and
-the TF Serving protocol descriptors the gateway uses."""
+"""``python -m serving push|labels|promote|rollback|serve|configs|protos``: the model repository,
+the operators' commands that move its labels (each recorded in the model's history), the
+embedded server and the TF Serving protocol descriptors the gateway uses.
+
+    python -m serving labels M --model-repo R            # stable, canary, versions, the last decisions
+    python -m serving promote M V --model-repo R --reason "..." [--serving HOST:PORT]
+    python -m serving rollback M --model-repo R --reason "..."
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from components import cli
 
@@ -16,6 +23,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-repo", required=True)
     p.add_argument("--keep", type=int, default=3, help="versions kept per model (default 3)")
     p.add_argument("--base-path", help="repository path as the server sees it (e.g. /models on the cluster)")
+    p.add_argument("--canary", action="store_true",
+                   help="label the new version canary (an operator's blessing; a pipeline's comes from its challenge)")
+    p.add_argument("--reason", default="", help="why (recorded with the canary decision)")
+    la = sub.add_parser("labels", help="a model's stable and canary versions and its last decisions")
+    la.add_argument("model")
+    la.add_argument("--model-repo", required=True)
+    la.add_argument("--last", type=int, default=10, help="decisions shown (default 10)")
+    pr = sub.add_parser("promote", help="make a verified version the stable one (recorded)")
+    pr.add_argument("model")
+    pr.add_argument("version", type=int)
+    pr.add_argument("--model-repo", required=True)
+    pr.add_argument("--reason", required=True, help="why (recorded)")
+    pr.add_argument("--serving", help="model server host:port: promote only once the version is AVAILABLE there")
+    pr.add_argument("--base-path")
+    rb = sub.add_parser("rollback", help="undo the last roll-out: drop the canary, else stable back to the one before")
+    rb.add_argument("model")
+    rb.add_argument("--model-repo", required=True)
+    rb.add_argument("--reason", required=True, help="why (recorded)")
+    rb.add_argument("--base-path")
     s = sub.add_parser("serve", help="the embedded TF-Serving-compatible gRPC server")
     s.add_argument("--model-repo", required=True)
     s.add_argument("--port", type=int, default=8500, help="gRPC port (tensorflow_model_server --port)")
@@ -39,8 +65,22 @@ def _run(args, _):
     from serving import repository
 
     if args.command == "push":
-        r = repository.push(args.export, args.model_repo, args.keep, args.base_path)
+        canary = {"blessed": True, "reason": args.reason or "pushed by an operator with --canary"} if args.canary else None
+        r = repository.push(args.export, args.model_repo, args.keep, args.base_path, canary=canary)
         print(f"{r.model}: {r.reason}")
+        if not r.pushed and r.reason.startswith("refused"):
+            raise cli.UserError(f"{r.model}: {r.reason}")
+    elif args.command == "labels":
+        print(describe(args.model_repo, args.model, args.last))
+    elif args.command == "promote":
+        evidence = {}
+        if args.serving:
+            evidence = available_on(args.serving, args.model, args.version)
+        entry = repository.promote(args.model_repo, args.model, args.version, args.reason, evidence, base_path=args.base_path)
+        print(f"{args.model}: stable {entry['from']} -> {entry['to']} ({args.reason})")
+    elif args.command == "rollback":
+        entry = repository.rollback(args.model_repo, args.model, args.reason, base_path=args.base_path)
+        print(f"{args.model}: {entry['label']} {entry['from']} rolled back; stable is {repository.labels(args.model_repo, args.model).get('stable')}")
     elif args.command == "configs":
         repository.write_configs(args.model_repo, args.base_path)
         print(f"wrote {args.model_repo}/{repository.MODELS_CONFIG} and {repository.BATCHING_CONFIG}")
@@ -55,6 +95,37 @@ def _run(args, _):
         print(f"serving {len(loaded)} model(s) on {args.host}:{server.port} (TensorFlow Serving gRPC API{rest}): "
               f"{loaded}", flush=True)
         server.wait()
+
+
+def describe(root, model: str, last: int = 10) -> str:
+    from serving import history, repository
+
+    repository.model_folder(Path(root), model)
+    current = repository.labels(root, model)
+    lines = [f"{model}: stable {current.get('stable', '-')}, canary {current.get('canary', '-')}; "
+             f"versions {repository.versions(root, model)}"]
+    for r in history.read(root, model)[-last:]:
+        words = [r["action"], r.get("label") or "",
+                 "" if r.get("to") is None and r.get("from") is None else f"{r.get('from') or '-'} -> {r.get('to') or '-'}"]
+        lines.append(f"  {r['time']} {r['user']}: {' '.join(w for w in words if w)}: {r['reason']}")
+    return "\n".join(lines)
+
+
+def available_on(address: str, model: str, version: int) -> dict:
+    """The model server's word that ``version`` is AVAILABLE (the promotion's evidence)."""
+    from serving.client import ServingClient, ServingRejected, ServingUnavailable
+
+    client = ServingClient(address, deadline_s=5.0)
+    try:
+        states = dict(client.status(model))
+    except (ServingRejected, ServingUnavailable) as e:
+        raise cli.UserError(f"could not ask {address} about {model}: {e}") from None
+    finally:
+        client.close()
+    if states.get(version) != "AVAILABLE":
+        raise cli.UserError(f"{model} version {version} is {states.get(version, 'not loaded')} on {address}: a label "
+                            "moves only to a version that loaded and warmed up there")
+    return {"model_server": address, "status": {str(v): s for v, s in states.items()}}
 
 
 if __name__ == "__main__":

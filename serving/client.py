@@ -108,19 +108,21 @@ class ServingClient:
         return request
 
     def predict_batch(self, model: str, images: list[bytes], signature: str = "serving_default",
-                      version: int | None = None) -> Prediction:
+                      version: int | None = None, version_label: str | None = None) -> Prediction:
         """One call with a batch of images (outputs have one row per image)."""
         deadline = time.monotonic() + self.deadline_s
-        request = self._request(model, images, signature, None, version)
+        request = self._request(model, images, signature, version_label, version)
         response = self._result(self._call(self._predict, request, deadline), self._predict, request, deadline)
         return Prediction(response.model_spec.name, response.model_spec.version.value,
                           {k: to_numpy(v) for k, v in response.outputs.items()})
 
     def predict_many(self, models: list[str], image: bytes, signature: str = "serving_default",
-                     version_label: str | None = None) -> list[Prediction | Exception]:
-        """Ask every model at once (in parallel); each result is a Prediction or the error."""
+                     version_label: str | None = None,
+                     version_labels: dict[str, str | None] | None = None) -> list[Prediction | Exception]:
+        """Ask every model at once (in parallel); each result is a Prediction or the error. Each
+        model at ``version_labels[model]`` when given, else at ``version_label``."""
         deadline = time.monotonic() + self.deadline_s
-        requests = [self._request(m, [image], signature, version_label) for m in models]
+        requests = [self._request(m, [image], signature, (version_labels or {}).get(m, version_label)) for m in models]
         pending = [self._call(self._predict, r, deadline) for r in requests]
         results: list[Prediction | Exception] = []
         for future, request in zip(pending, requests):

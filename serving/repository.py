@@ -9,14 +9,22 @@ schema (``check_card``). It then copies the export into a hidden sibling, makes 
 and files 0644 (a server running under another uid must read them), fsyncs every file and
 folder, and renames it to the next version, so a server polling the folder never sees half a
 model, even after a crash. Staging folders a killed push left behind are removed by the next
-push of that model. Pushing the same export twice is a no-op. The
-newest version is labelled ``canary`` and the one before it ``stable`` (a single version is
-``stable``); the last ``keep`` versions are kept.
+push of that model. Pushing the same export twice is a no-op.
+
+Before it is published, a version must load and answer its warm-up requests as the model server
+would load it (``serving.server.verify_export``); one that does not is refused and the refusal
+recorded. The labels follow the recorded decisions (``serving.history``), never folder order:
+the first verified version of a model is ``stable``; a later one becomes ``canary`` when its
+push carries a blessing (a pipeline's champion/challenger comparison, or an operator's push);
+``promote`` and ``rollback`` move them after that. ``models.config`` serves the labelled
+versions. The last ``keep`` versions are kept, and every version a label or a rollback may
+still need.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -119,12 +127,17 @@ def card(root: str | Path, model: str, version: int | None = None) -> dict:
     return json.loads((Path(root) / model / str(version) / CARD).read_text())
 
 
-def labels(available: list[int]) -> dict[str, int]:
-    if not available:
-        return {}
-    if len(available) == 1:
-        return {"stable": available[-1]}
-    return {"stable": available[-2], "canary": available[-1]}
+def labels(root: str | Path, model: str) -> dict[str, int]:
+    """``stable`` and ``canary`` of ``model``, as its recorded decisions left them, among the
+    versions still present. A model pushed before the history existed: its newest version is
+    ``stable``."""
+    from serving import history
+
+    present = set(versions(root, model))
+    recorded = history.read(root, model)
+    if not recorded:
+        return {"stable": max(present)} if present else {}
+    return {label: v for label, v in history.labels(recorded).items() if v in present}
 
 
 def export_digest(export_dir: Path) -> str:
@@ -147,7 +160,12 @@ def _locked(root: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str | None = None) -> PushResult:
+def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str | None = None,
+         canary: dict | None = None, user: str | None = None) -> PushResult:
+    """Publish ``export_dir`` as the model's next version, once it has loaded and warmed up.
+    ``canary``: the blessing that lets it take the canary label (``{"blessed": True, ...}``, its
+    evidence recorded); without one a new version of a model that has a stable version gets no
+    label (an operator's ``promote`` can give it one). The first version of a model is stable."""
     export_dir, root = Path(export_dir), Path(root)
     if not (export_dir / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{export_dir} is not a SavedModel (no saved_model.pb); pass the folder components.export wrote")
@@ -166,15 +184,32 @@ def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str
     model_folder(root, model)
     digest = export_digest(export_dir)
     with _locked(root):
-        return _push_locked(export_dir, root, model, digest, keep, base_path)
+        return _push_locked(export_dir, root, model, digest, keep, base_path, canary, user)
 
 
-def _push_locked(export_dir: Path, root: Path, model: str, digest: str, keep: int, base_path: str | None) -> PushResult:
+@functools.lru_cache(maxsize=64)
+def _load_problem(export_dir: str, digest: str) -> str | None:
+    """Why the export does not serve (cached per content: tests push one export many times)."""
+    from serving.server import verify_export
+
+    return verify_export(export_dir)
+
+
+def _push_locked(export_dir: Path, root: Path, model: str, digest: str, keep: int, base_path: str | None,
+                 canary: dict | None, user: str | None) -> PushResult:
+    from serving import history
+
     existing = versions(root, model)
     if existing and _digest_of(root / model / str(existing[-1])) == digest:
         write_configs(root, base_path)
         return PushResult(model, existing[-1], False, "identical to the latest version; nothing pushed")
     version = (existing[-1] + 1) if existing else 1
+    problem = _load_problem(str(export_dir.resolve()), digest)
+    if problem:
+        # no version number: nothing was published, and the next push takes this number
+        history.append(root, model, "refused", user=user, evidence={"export_sha256": digest, **(canary or {})},
+                       reason=f"does not load and warm up: {problem}")
+        return PushResult(model, version, False, f"refused: it does not load and warm up ({problem}); nothing published")
     (root / model).mkdir(parents=True, exist_ok=True)
     os.chmod(root / model, 0o755)
     for stale in (root / model).glob(".push-*"):     # left by a killed push: we hold the lock
@@ -189,10 +224,79 @@ def _push_locked(export_dir: Path, root: Path, model: str, digest: str, keep: in
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    for old in versions(root, model)[:-keep]:
-        shutil.rmtree(root / model / str(old), ignore_errors=True)
+    history.append(root, model, "verified", to=version, user=user, evidence={"export_sha256": digest},
+                   reason="loaded and answered its warm-up requests before it was published")
+    before = labels(root, model)
+    if "stable" not in before:
+        history.append(root, model, "stable", to=version, user=user, evidence=canary or {},
+                       reason="the first version of the model: judged by the absolute rule alone")
+        outcome = f"pushed as version {version}, stable (the model's first)"
+    elif canary and canary.get("blessed"):
+        history.append(root, model, "canary", to=version, from_=before.get("canary"), user=user, evidence=canary,
+                       reason=canary.get("reason", "blessed for canary"))
+        outcome = f"pushed as version {version}, canary (stable stays {before['stable']})"
+    else:
+        outcome = f"pushed as version {version}, unlabelled (no canary blessing; stable stays {before['stable']})"
+    _retire(root, model, keep)
     write_configs(root, base_path)
-    return PushResult(model, version, True, f"pushed as version {version}")
+    return PushResult(model, version, True, outcome)
+
+
+def needed(root: str | Path, model: str) -> set[int]:
+    """Versions a label holds or a rollback may return to (the stable versions before)."""
+    from serving import history
+
+    return set(labels(root, model).values()) | set(history.stables(history.read(root, model))[-3:])  # rollback targets
+
+
+def _retire(root: Path, model: str, keep: int) -> None:
+    keep_set = set(versions(root, model)[-keep:]) | needed(root, model)
+    for old in versions(root, model):
+        if old not in keep_set:
+            shutil.rmtree(root / model / str(old), ignore_errors=True)
+
+
+def promote(root: str | Path, model: str, version: int, reason: str, evidence: dict | None = None,
+            user: str | None = None, base_path: str | None = None) -> dict:
+    """``stable`` -> ``version`` (a verified version still present), recorded."""
+    from serving import history
+
+    root = Path(root)
+    model_folder(root, model)
+    with _locked(root):
+        recorded = history.read(root, model)
+        if version not in versions(root, model):
+            raise ValueError(f"{model} has no version {version}; it has {versions(root, model)}")
+        if version not in history.verified(recorded):
+            raise ValueError(f"{model} version {version} was never verified to load: a label moves only to a "
+                             "version that loaded and warmed up")
+        before = labels(root, model)
+        entry = history.append(root, model, "promote", to=version, from_=before.get("stable"), label="stable",
+                               reason=reason, evidence=evidence, user=user)
+        write_configs(root, base_path)
+    return entry
+
+
+def rollback(root: str | Path, model: str, reason: str, user: str | None = None, base_path: str | None = None) -> dict:
+    """Undo the latest roll-out: a canary loses its label (traffic returns to stable); without a
+    canary, ``stable`` returns to the version that was stable before it."""
+    from serving import history
+
+    root = Path(root)
+    model_folder(root, model)
+    with _locked(root):
+        before = labels(root, model)
+        if "canary" in before:
+            entry = history.append(root, model, "rollback", from_=before["canary"], to=before.get("stable"),
+                                   label="canary", reason=reason, user=user)
+        else:
+            stack = history.stables(history.read(root, model))
+            if len(stack) < 2 or stack[-2] not in versions(root, model):
+                raise ValueError(f"{model} has no earlier stable version to roll back to")
+            entry = history.append(root, model, "rollback", from_=stack[-1], to=stack[-2], label="stable",
+                                   reason=reason, user=user)
+        write_configs(root, base_path)
+    return entry
 
 
 def _publishable(tree: Path) -> None:
@@ -228,9 +332,10 @@ def model_server_config(root: str | Path, base_path: str | None = None):
         entry = config.model_config_list.config.add(
             name=name, base_path=f"{base_path.rstrip('/')}/{name}" if base_path else str((Path(root) / name).resolve()),
             model_platform="tensorflow")
-        served = sorted(set(labels(available).values()))
+        current = labels(root, name)
+        served = sorted(set(current.values())) or available[-1:]
         entry.model_version_policy.specific.versions.extend(served)
-        for label, version in labels(available).items():
+        for label, version in current.items():
             entry.version_labels[label] = version
     return config
 

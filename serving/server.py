@@ -199,6 +199,18 @@ class LoadedVersion:
             b.stop(drain)
 
 
+def verify_export(path: str | Path) -> str | None:
+    """Why the export at ``path`` would fail to serve (it does not load, or a warm-up request
+    fails), or None when it loads and warms up as a version of this server would."""
+    try:
+        LoadedVersion("verify", 0, Path(path), repository.Batching(), batching_on=False).stop(drain=False)
+    except Exception as e:      # any failure to load is the reason, not a crash of the push
+        return _reason(f"{type(e).__name__}: {e}")
+    finally:
+        gc.collect()
+    return None
+
+
 @dataclass
 class LoadFailure:
     """A version that failed to load: why, how often, and when it is tried again."""
@@ -267,18 +279,33 @@ class ModelStore:
         self.failures = {k: f for k, f in self.failures.items() if k[1] in wanted.get(k[0], ([], {}))[0]}
         leaving = []
         with self.lock:
+            labels = {name: self._applied(name, wanted_labels) for name, (_, wanted_labels) in wanted.items()}
             for name in list(self.loaded):
-                keep = set(wanted[name][0]) if name in wanted else set()
+                # a version a label still holds (its new version not loaded yet) stays too
+                keep = set(wanted[name][0]) | set(labels.get(name, {}).values()) if name in wanted else set()
                 if name in wanted and not keep & set(self.loaded[name]):
                     continue               # nothing wanted is available yet: keep serving what is
                 for v in [v for v in self.loaded[name] if v not in keep]:
                     leaving.append(self.loaded[name].pop(v))
                 if not self.loaded[name]:
                     del self.loaded[name]
-            self.labels = {name: labels for name, (_, labels) in wanted.items()}
+            self.labels = labels
         for lv in leaving:                 # outside the lock: queued calls are answered first
             lv.stop(drain=True)
             log.info("unloaded %s version %s", lv.name, lv.version)
+
+    def _applied(self, name: str, wanted: dict[str, int]) -> dict[str, int]:
+        """The labels the config wants, as far as their versions are loaded: as TF Serving does
+        (without --allow_version_labels_for_unavailable_models), a label moves to a version only
+        once it is AVAILABLE, and keeps its old version meanwhile (held under the lock)."""
+        loaded, old = self.loaded.get(name, {}), self.labels.get(name, {})
+        applied = {}
+        for label, version in wanted.items():
+            if version in loaded:
+                applied[label] = version
+            elif old.get(label) in loaded:
+                applied[label] = old[label]
+        return applied
 
     def status(self, name: str) -> list[tuple[int, str, str]]:
         """(version, state, error message) of every loaded or failed version, as TF Serving

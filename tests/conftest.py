@@ -21,8 +21,8 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # pipeline run (about 180 s). pytest-xdist's own "loadgroup" marks do not take effect under
 # pytest 9 (the nodeid suffix they rely on is not used), so the scheduler is given the groups.
 WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway", "test_gateway_process",
-                                                   "test_gateway_v2", "test_pages_browser", "test_serving",
-                                                   "test_train_evaluate_export")},
+                                                   "test_gateway_v2", "test_operations", "test_pages_browser",
+                                                   "test_serving", "test_train_evaluate_export")},
                  "test_pipelines": "pipeline-run"}
 
 
@@ -104,6 +104,22 @@ def pipeline_outputs(sample_splits, tmp_path_factory):
         export.run(out / "model", out / "eval", out / "saved_model", base / "ensemble" if name in ULTRASOUND_UNFROZEN else None)
         keras.backend.clear_session()
     return outputs
+
+
+def export_variant(export_dir: Path, out: Path, note: str, damage=None) -> Path:
+    """A copy of an export with its own card note (so a push makes a new version of it),
+    optionally damaged by ``damage(folder)``."""
+    import json
+    import shutil
+
+    from serving import repository
+
+    shutil.copytree(export_dir, out)
+    card = json.loads((out / repository.CARD).read_text())
+    (out / repository.CARD).write_text(json.dumps({**card, "note": note}))
+    if damage:
+        damage(out)
+    return out
 
 
 ULTRASOUND_UNFROZEN = ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultrasound-densenet121-unfrozen")

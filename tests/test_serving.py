@@ -15,6 +15,7 @@ from components import records, schema
 from serving import protos, repository
 from serving.client import ServingClient, ServingRejected
 from serving.server import Server
+from tests.conftest import export_variant
 
 
 NAME = "ultrasound-resnet50-unfrozen"
@@ -33,26 +34,31 @@ def _pngs(sample_splits, modality, n=4):
     return [schema.deserialize(r).image_png for r in records.read_records(raw)][:n]
 
 
+CANARY = {"blessed": True, "reason": "blessed in a test"}
+
+
 def test_push_is_atomic_idempotent_versioned_and_kept_to_n(pipeline_outputs, tmp_path):
+    """The first version is stable, a blessed one canary; keep=2 keeps the last two and the
+    stable one (a label's version is never deleted), and models.config serves the labelled ones."""
     export_dir = pipeline_outputs[NAME] / "saved_model"
     root = tmp_path / "repo"
     first = repository.push(export_dir, root, keep=2)
     again = repository.push(export_dir, root, keep=2)
     assert (first.version, first.pushed) == (1, True) and (again.version, again.pushed) == (1, False)
     changed = tmp_path / "changed"
-    for i in range(2):
+    for i in range(3):
         shutil.copytree(export_dir, changed, dirs_exist_ok=True)
         card = json.loads((changed / repository.CARD).read_text())
         card["note"] = f"retrained {i}"
         (changed / repository.CARD).write_text(json.dumps(card))
-        assert repository.push(changed, root, keep=2).version == 2 + i
-    assert repository.versions(root, NAME) == [2, 3]                  # keep=2 dropped version 1
+        assert repository.push(changed, root, keep=2, canary=CANARY).version == 2 + i
+    assert repository.versions(root, NAME) == [1, 3, 4]            # keep=2 dropped version 2, not the stable 1
     assert not [p for p in (root / NAME).iterdir() if p.name.startswith(".")]   # no half-pushed copies
     config = text_format.Parse((root / "models.config").read_text(), protos.ModelServerConfig())
     (entry,) = config.model_config_list.config
     assert entry.name == NAME and entry.model_platform == "tensorflow"
-    assert list(entry.model_version_policy.specific.versions) == [2, 3]
-    assert dict(entry.version_labels) == {"stable": 2, "canary": 3}
+    assert list(entry.model_version_policy.specific.versions) == [1, 4]
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 4}
     batching = text_format.Parse((root / "batching.config").read_text(), protos.BatchingParameters())
     assert batching.max_batch_size.value == 16 and batching.batch_timeout_micros.value == 5000
 
@@ -95,7 +101,7 @@ def test_server_answers_like_tf_serving(repo, pipeline_outputs, sample_splits):
         changed = repo.parent / "v2"
         shutil.copytree(pipeline_outputs[NAME] / "saved_model", changed)
         (changed / repository.CARD).write_text((changed / repository.CARD).read_text().replace("}", ', "note": "v2"}', 1))
-        assert repository.push(changed, repo).version == 2
+        assert repository.push(changed, repo, canary=CANARY).version == 2
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (2, "AVAILABLE") not in client.status(NAME):
             time.sleep(0.3)
@@ -153,14 +159,7 @@ def test_published_versions_are_world_readable_and_stale_staging_is_cleaned(pipe
 
 
 def _variant(pipeline_outputs, tmp_path, note: str, damage=None):
-    """A copy of the export with its own card note (so a push makes a new version), damaged."""
-    export_dir = tmp_path / note
-    shutil.copytree(pipeline_outputs[NAME] / "saved_model", export_dir)
-    card = json.loads((export_dir / repository.CARD).read_text())
-    (export_dir / repository.CARD).write_text(json.dumps({**card, "note": note}))
-    if damage:
-        damage(export_dir)
-    return export_dir
+    return export_variant(pipeline_outputs[NAME] / "saved_model", tmp_path / note, note, damage)
 
 
 def _batcher_threads(version: int, others: frozenset) -> list[str]:
@@ -176,6 +175,17 @@ def _wait(predicate, seconds=30.0):
     while time.monotonic() < deadline and not predicate():
         time.sleep(0.1)
     return predicate()
+
+
+def _serve_versions(root, versions: list[int]) -> None:
+    """models.config naming ``versions`` of NAME (as if they had passed the push's check and
+    failed only on the server: its resources, its TensorFlow)."""
+    config = repository.model_server_config(root)
+    entry = next(c for c in config.model_config_list.config if c.name == NAME)
+    del entry.model_version_policy.specific.versions[:]
+    entry.model_version_policy.specific.versions.extend(versions)
+    entry.version_labels.clear()
+    (root / repository.MODELS_CONFIG).write_text(text_format.MessageToString(config))
 
 
 def test_broken_pushes_never_take_the_serving_version_down(pipeline_outputs, sample_splits, tmp_path):
@@ -195,9 +205,15 @@ def test_broken_pushes_never_take_the_serving_version_down(pipeline_outputs, sam
             graph = d / "saved_model.pb"
             graph.write_bytes(graph.read_bytes()[:1000])
 
-        # two broken pushes in a row; with keep=2 the config then names only the broken ones
-        assert repository.push(_variant(pipeline_outputs, tmp_path, "bad-warmup", corrupt_warmup), root, keep=2).version == 2
-        assert repository.push(_variant(pipeline_outputs, tmp_path, "bad-graph", truncate_graph), root, keep=2).version == 3
+        # the push loads and warms an export up before publishing it: both broken ones are refused
+        for note, damage in (("bad-warmup", corrupt_warmup), ("bad-graph", truncate_graph)):
+            refused = repository.push(_variant(pipeline_outputs, tmp_path, note, damage), root, keep=2, canary=CANARY)
+            assert not refused.pushed and refused.reason.startswith("refused: it does not load and warm up")
+        assert repository.versions(root, NAME) == [1] and repository.labels(root, NAME) == {"stable": 1}
+        # versions that fail only on the server (copied in, a config naming only them)
+        for version, note, damage in ((2, "bad-warmup", corrupt_warmup), (3, "bad-graph", truncate_graph)):
+            shutil.copytree(_variant(pipeline_outputs, tmp_path / str(version), note, damage), root / NAME / str(version))
+        _serve_versions(root, [2, 3])
         assert _wait(lambda: {v for v, s in client.status(NAME) if s == "END"} == {2, 3})
         time.sleep(3.0)                                    # ~15 polls
         assert client.status(NAME) == [(1, "AVAILABLE"), (2, "END"), (3, "END")]
@@ -205,8 +221,9 @@ def test_broken_pushes_never_take_the_serving_version_down(pipeline_outputs, sam
         # back-off: a failed version is not reloaded on every 0.2 s poll, and leaves no threads
         assert all(f.attempts <= 3 for f in server.store.failures.values())
         assert _batcher_threads(2, others) == [] and _batcher_threads(3, others) == [] and _batcher_threads(1, others)
-        # a good push replaces version 1, which leaves only then
-        assert repository.push(_variant(pipeline_outputs, tmp_path, "good", None), root, keep=2).version == 4
+        # a good push and its promotion replace version 1, which leaves only then
+        assert repository.push(_variant(pipeline_outputs, tmp_path, "good", None), root, keep=2, canary=CANARY).version == 4
+        repository.promote(root, NAME, 4, reason="the test's good version")
         assert _wait(lambda: client.status(NAME)[-1:] == [(4, "AVAILABLE")] and 1 not in dict(client.status(NAME)))
         assert client.predict(NAME, png).version == 4
         assert _wait(lambda: _batcher_threads(1, others) == [])
