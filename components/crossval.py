@@ -87,7 +87,7 @@ def pool(evaluation_dirs: list[str | Path], out: str | Path, bootstrap: int = st
     """One out-of-fold evaluation from the folds' evaluations of one model configuration."""
     dirs = [Path(d) for d in evaluation_dirs]
     parts = [(artifacts.read_json(d, artifacts.METRICS), evaluate.read_predictions(d / artifacts.PREDICTIONS),
-              _groups(d)) for d in dirs]
+              evaluate.read_groups(d)) for d in dirs]
     names = {m["model_name"] for m, _, _ in parts}
     if len(names) != 1:
         raise cli.UserError(f"the folds evaluated different models {sorted(names)}; pool one configuration")
@@ -122,13 +122,6 @@ def pool(evaluation_dirs: list[str | Path], out: str | Path, bootstrap: int = st
     result = evaluate.measured(result, scored, thresholds, clusters, Path(parts[0][0]["examples"]), bootstrap, seed)
     evaluate.write_evaluation(out, result, scored, clusters, thresholds, modality)
     return result
-
-
-def _groups(evaluation_dir: Path) -> list[str]:
-    import csv
-
-    with (evaluation_dir / artifacts.PREDICTIONS).open(newline="") as f:
-        return [r.get("group") or r["patient_id"] for r in csv.DictReader(f)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,9 +114,21 @@ def measure(y, p, threshold, clusters, bootstrap: int, seed: int) -> dict:
             "calibration": stats.calibration(y, p)}
 
 
+def drift_reference(examples: Path, validation_p: np.ndarray) -> dict:
+    """What served traffic is compared with (pipelines.drift): the train split's input statistics
+    (from the split's manifest, beside ``examples``) and the calibrated validation probabilities."""
+    from components import inputstats
+
+    manifest = artifacts.read_json(examples.parent, artifacts.MANIFEST, default={})
+    return {"inputs": manifest.get("input_reference", {}).get("train", {}), "inputs_from": "train split",
+            "probability": {"buckets": list(inputstats.BUCKETS["probability"]),
+                            "counts": inputstats.counts(validation_p, "probability")},
+            "probability_from": "validation split, calibrated"}
+
+
 def collapse(validation_p: np.ndarray, temperature: float, min_sd: float = COLLAPSED_SD) -> str | None:
     """Why a model's answers carry no information, or None: its calibrated validation
-    probabilities barely vary (SD below ``min_sd``), or no temperature inside the fitting bounds
+    probabilities barely vary (SD below ``min_sd``), or no temperature below the fitting bound
     explains them. ``min_sd`` 0 turns the check off (demos and plumbing tests of one epoch)."""
     if min_sd <= 0:
         return None
@@ -124,9 +136,9 @@ def collapse(validation_p: np.ndarray, temperature: float, min_sd: float = COLLA
     if spread < min_sd:
         return (f"collapsed: its calibrated validation probabilities barely vary (SD {spread:.4f} < {min_sd}); "
                 "it answers about the same for every image")
-    if stats.temperature_at_bound(temperature):
+    if stats.temperature_at_upper_bound(temperature):
         return (f"collapsed: its temperature {temperature:.3g} sits at the fitting bound "
-                f"[{stats.TEMPERATURE_BOUNDS[0]:.3g}, {stats.TEMPERATURE_BOUNDS[1]:.3g}]: no scaling explains its scores")
+                f"{stats.TEMPERATURE_BOUNDS[1]:.3g}: no scaling explains its scores")
     return None
 
 
@@ -230,6 +242,7 @@ def report(model_name: str, modality: str, validation: Scored, test: Scored, exa
     }
     clusters = clusters_of(Path(examples), cal.patients)
     result = measured(result, cal, threshold, clusters, examples, bootstrap, seed)
+    result["drift_reference"] = drift_reference(Path(examples), val.p)
     collapsed = collapse(val.p, temperature, collapse_sd)
     f1 = result["metrics"]["f1"]["value"]
     blessed = f1 >= min_f1 and collapsed is None
@@ -271,6 +284,13 @@ def read_predictions(path: Path) -> Scored:
         rows = list(csv.DictReader(f))
     return Scored(np.array([int(r["label"]) for r in rows]), np.array([float(r["probability"]) for r in rows]),
                   [r["source_id"] for r in rows], [r["patient_id"] for r in rows], [r.get("source", "") for r in rows])
+
+
+def read_groups(evaluation_dir: Path) -> list[str]:
+    """The bootstrap cluster (patient or near-duplicate group) of each row of an evaluation's
+    ``predictions.csv``, in the file's order (that of ``read_predictions``)."""
+    with (Path(evaluation_dir) / artifacts.PREDICTIONS).open(newline="") as f:
+        return [r.get("group") or r["patient_id"] for r in csv.DictReader(f)]
 
 
 def write_evaluation(out, result: dict, scored: Scored, clusters: list[str], threshold, modality: str, history=None,

@@ -143,6 +143,19 @@ def bootstrap(y: np.ndarray, p: np.ndarray, threshold, clusters=None, n: int = B
             for m in METRICS}
 
 
+def bootstrap_reference(y: np.ndarray, p: np.ndarray, threshold, clusters, n: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """The intervals as they were computed before ``bootstrap`` was vectorised: one scikit-learn
+    call per metric and resample, over the record indices of ``cluster_resamples``. Kept as the
+    reference the vectorised one is tested and benchmarked against (bench.evaluation)."""
+    y, p = np.asarray(y), np.asarray(p, float)
+    draws = {m: [] for m in METRICS}
+    for idx in cluster_resamples(clusters, n, seed):
+        for m, v in at_threshold(y[idx], p[idx], threshold[idx] if np.ndim(threshold) else threshold).items():
+            draws[m].append(v)
+    return {m: _interval(draws[m], level) for m in METRICS}
+
+
 def bootstrap_p(diff: np.ndarray) -> tuple[float, bool]:
     """Two-sided bootstrap p-value of a difference (twice the smaller tail share at or beyond
     zero) and whether it is only a bound: with no resample at or across zero it is ``< 1/B``,
@@ -191,13 +204,14 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-# the temperature is searched in [e^-4, e^4]; a fit at either end means no T explains the scores
+# the temperature is searched in [e^-4, e^4]
 TEMPERATURE_BOUNDS = (float(np.exp(-4)), float(np.exp(4)))
 
 
-def temperature_at_bound(temperature: float, tolerance: float = 0.01) -> bool:
-    low, high = TEMPERATURE_BOUNDS
-    return temperature <= low * (1 + tolerance) or temperature >= high * (1 - tolerance)
+def temperature_at_upper_bound(temperature: float, tolerance: float = 0.01) -> bool:
+    """A fit at the upper end flattens every score towards 0.5: no scaling explains them. (The
+    lower end only sharpens scores that already separate the validation split perfectly.)"""
+    return temperature >= TEMPERATURE_BOUNDS[1] * (1 - tolerance)
 
 
 def fit_temperature(y: np.ndarray, p: np.ndarray) -> float:

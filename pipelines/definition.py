@@ -2,7 +2,7 @@
 
     extract (one or more sources) -> split -> [stain-normalize: histopathology] -> validate -> baselines
         -> train x6 -> evaluate x6 -> ensemble per cohort (3 evaluations gathered) -> export x6
-        -> push x6 (blessed only, one at a time)
+        -> challenge x6 (the stable version on the same test records) -> push x6 (blessed by evidence)
 
     extract -> folds -> per fold: select -> [stain-normalize] -> train -> evaluate
         -> gather the folds' evaluations -> pool (out-of-fold evaluation)
@@ -86,8 +86,9 @@ def build(modality: str, backbones=catalog.BACKBONES, strategies=catalog.STRATEG
     def pipeline(sources: list, model_repo: str = MODELS_MOUNT, image: str = DEFAULT_IMAGE,
                  training: dict = DEFAULTS.training(), split_seed: int = DEFAULTS.split_seed,
                  min_f1: float = DEFAULTS.min_f1, collapse_sd: float = DEFAULTS.collapse_sd,
-                 bootstrap: int = DEFAULTS.bootstrap, max_quarantine: float = DEFAULTS.max_quarantine, keep_versions: int = DEFAULTS.keep_versions,
-                 cache_dir: str = "",
+                 bootstrap: int = DEFAULTS.bootstrap, max_quarantine: float = DEFAULTS.max_quarantine,
+                 keep_versions: int = DEFAULTS.keep_versions,
+                 noninferiority_margin: float = DEFAULTS.noninferiority_margin, cache_dir: str = "",
                  accelerator_type: str = "nvidia.com/gpu", accelerator_limit: int = 1,
                  gpu_node_selector: dict = GPU_NODE_SELECTOR, gpu_toleration: dict = GPU_TOLERATION,
                  data_pvc: str = "bcimaging-data", model_repo_pvc: str = "model-repository"):
@@ -127,12 +128,23 @@ def build(modality: str, backbones=catalog.BACKBONES, strategies=catalog.STRATEG
                                               evaluation=evaluate.outputs["evaluation"],
                                               ensemble=ensemble.outputs["evaluation"]),
                                    image, STEP_RESOURCES).set_display_name(f"export {name}")
+                # champion and challenger: not cached, its answer depends on the repository now. The
+                # served champion takes the images a client sends (it stain-normalizes in its own
+                # graph), so it reads the split before stain normalization: the same records, by id
+                challenge = _on_image(ops.challenge(model_repo=model_repo, margin=noninferiority_margin,
+                                                    bootstrap=bootstrap, seed=split_seed,
+                                                    evaluation=evaluate.outputs["evaluation"],
+                                                    splits=splits.outputs["splits"]),
+                                      image, STEP_RESOURCES, cache=False).set_display_name(f"challenge {name}")
+                kubernetes.mount_pvc(challenge, pvc_name=model_repo_pvc, mount_path=MODELS_MOUNT)
                 push = _on_image(ops.push(model_repo=model_repo, keep=keep_versions,
                                           saved_model=export.outputs["saved_model"],
-                                          evaluation=evaluate.outputs["evaluation"]),
+                                          evaluation=evaluate.outputs["evaluation"],
+                                          blessing=challenge.outputs["blessing"]),
                                  image, STEP_RESOURCES, cache=False).set_display_name(f"push {name}")
                 kubernetes.mount_pvc(push, pvc_name=model_repo_pvc, mount_path=MODELS_MOUNT)
                 if previous_push is not None:
+                    challenge.after(previous_push)     # each challenger meets the stable version of now
                     push.after(previous_push)
                 previous_push = push
 
@@ -150,8 +162,8 @@ def build_cv(modality: str, backbone: str, strategy: str, folds: int = crossval.
                   description=f"{name}: {folds}-fold patient-level cross-validation, out-of-fold evaluation")
     def pipeline(sources: list, image: str = DEFAULT_IMAGE, training: dict = DEFAULTS.training(),
                  split_seed: int = DEFAULTS.split_seed, min_f1: float = DEFAULTS.min_f1,
-                 collapse_sd: float = DEFAULTS.collapse_sd, bootstrap: int = DEFAULTS.bootstrap, max_quarantine: float = DEFAULTS.max_quarantine,
-                 cache_dir: str = "", accelerator_type: str = "nvidia.com/gpu", accelerator_limit: int = 1,
+                 collapse_sd: float = DEFAULTS.collapse_sd, bootstrap: int = DEFAULTS.bootstrap,
+                 max_quarantine: float = DEFAULTS.max_quarantine, cache_dir: str = "", accelerator_type: str = "nvidia.com/gpu", accelerator_limit: int = 1,
                  gpu_node_selector: dict = GPU_NODE_SELECTOR, gpu_toleration: dict = GPU_TOLERATION,
                  data_pvc: str = "bcimaging-data"):
         extract = _on_image(ops.extract(modality=modality, sources=sources, max_quarantine=max_quarantine,

@@ -126,7 +126,17 @@ def pool(bootstrap: int, seed: int, cache_dir: str, collected: Input[Artifact], 
 
 
 @component
-def push(model_repo: str, keep: int, saved_model: Input[Model], evaluation: Input[Artifact], record: Output[Markdown]):
-    """Blessed models into the model repository (atomic); an unblessed one is skipped with the reason."""
+def challenge(model_repo: str, margin: float, bootstrap: int, seed: int, evaluation: Input[Artifact],
+              splits: Input[Dataset], blessing: Output[Artifact], report: Output[Markdown]):
+    """The stable version scored on the candidate's test records; blessed for canary when non-inferior."""
     from pipelines import steps
-    steps.push(model_repo, keep, saved_model, evaluation, record)
+    steps.challenge(model_repo, margin, bootstrap, seed, evaluation, splits, blessing, report)
+
+
+@component
+def push(model_repo: str, keep: int, saved_model: Input[Model], evaluation: Input[Artifact],
+         blessing: Input[Artifact], record: Output[Markdown]):
+    """Models blessed by evidence into the model repository (atomic, loaded and warmed up first);
+    a refused one is skipped with the reason."""
+    from pipelines import steps
+    steps.push(model_repo, keep, saved_model, evaluation, blessing, record)

@@ -21,6 +21,9 @@ class RunSettings(TrainSettings):
         "help": "blessing rule: a model whose calibrated validation probabilities vary less than this (SD), or "
                 "whose temperature sits at its fitting bound, has collapsed and is not blessed; 0 turns this off"})
     bootstrap: int = field(default=stats.BOOTSTRAP_RESAMPLES, metadata={"help": "cluster-bootstrap resamples for the 95%% CIs"})
+    noninferiority_margin: float = field(default=0.02, metadata={
+        "help": "canary blessing: the candidate's AUC minus the stable version's on the same test records must "
+                "have its lower 95%% bound above minus this"})
     max_quarantine: float = field(default=0.01, metadata={"help": "extract fails above this share of unreadable inputs"})
     keep_versions: int = field(default=3, metadata={"help": "model versions kept in the repository per model"})
     backbones: list[str] = field(default_factory=lambda: list(catalog.BACKBONES),

@@ -273,18 +273,33 @@ def pool(bootstrap: int, seed: int, cache_dir: str, collected, evaluation, metri
     _log_metrics(metrics, result)
 
 
-def push(model_repo: str, keep: int, saved_model, evaluation, record) -> None:
-    """Push a blessed export into the repository; an unblessed one is skipped, and the record says why."""
+def challenge(model_repo: str, margin: float, bootstrap: int, seed: int, evaluation, splits, blessing, report) -> None:
+    """Not cached: its answer depends on what the repository's stable version is now."""
+    from components import challenge as step
+
+    result = step.run(evaluation.path, Path(splits.path) / "test", model_repo, blessing.path, margin=margin,
+                      bootstrap=bootstrap, seed=seed)
+    blessing.metadata.update({"blessed": result["blessed"], "baseline_version": result["baseline_version"]})
+    c = result.get("comparison") or {}
+    rows = [[result["baseline_version"] or "none", f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+             if c else "", result["blessed"], result["reason"]]]
+    write_text(report.path, f"# Champion and challenger: {result['model_name']}\n\n" + markdown_table(
+        rows, ["stable version", "AUC difference [95% CI]", "blessed for canary", "reason"]))
+
+
+def push(model_repo: str, keep: int, saved_model, evaluation, blessing, record) -> None:
+    """Push an export blessed by evidence (challenge) into the repository; a refused one is
+    skipped, and the record says why."""
     from serving import repository
 
-    blessing = artifacts.read_blessing(evaluation.path)
+    canary = artifacts.read_blessing(blessing.path)
     name = artifacts.read_json(evaluation.path, artifacts.METRICS)["model_name"]
-    if blessing["blessed"]:
-        result = repository.push(saved_model.path, model_repo, keep=keep)
+    if canary["blessed"]:
+        result = repository.push(saved_model.path, model_repo, keep=keep, canary=canary)
         outcome = {"model": name, "pushed": result.pushed, "version": result.version, "reason": result.reason}
     else:
         outcome = {"model": name, "pushed": False, "version": None,
-                   "reason": f"not blessed: {blessing['reason']} ({blessing['rule']})"}
+                   "reason": f"not blessed: {canary['reason']} ({canary['rule']})"}
     outcome.update(model_repo=model_repo, export_sha256=repository.export_digest(Path(saved_model.path)))
     record.metadata.update(outcome)
     write_text(record.path, f"# Push: {name}\n\n" + markdown_table([[outcome["pushed"], outcome["version"], outcome["reason"]]],

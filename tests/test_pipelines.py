@@ -67,18 +67,18 @@ def test_compile_writes_one_pipeline_per_modality_with_six_gpu_training_tasks(co
         assert inputs["bootstrap"]["defaultValue"] == defaults.bootstrap == 2000
         assert inputs["split_seed"]["defaultValue"] == defaults.split_seed
         assert "baselines" in names
-        pushes = [t for t in tasks.values() if t["taskInfo"]["name"].startswith("push ")]
-        assert len(pushes) == 6 and all(not t["cachingOptions"].get("enableCache", False) for t in pushes)
-        cached = [t for t in tasks.values() if not t["taskInfo"]["name"].startswith("push ")]
+        pushes = [t for t in tasks.values() if t["taskInfo"]["name"].startswith(("push ", "challenge "))]
+        assert len(pushes) == 12 and all(not t["cachingOptions"].get("enableCache", False) for t in pushes)
+        cached = [t for t in tasks.values() if not t["taskInfo"]["name"].startswith(("push ", "challenge "))]
         assert all(t["cachingOptions"]["enableCache"] for t in cached)
 
 
 # Two of the three backbones keep the local run to about four minutes on 2 cores; the compile
 # test checks all six branches of every pipeline, and the trained-models fixture trains each one.
 LOCAL_BACKBONES = ("resnet50", "vgg16")
-# extract, split, stain, validate, baselines; per strategy train, evaluate, export, push per backbone, a
-# gather per backbone and the cohort ensemble
-LOCAL_TASKS = 5 + (5 * len(LOCAL_BACKBONES) + 1) * len(catalog.STRATEGIES)
+# extract, split, stain, validate, baselines; per strategy train, evaluate, export, challenge, push per
+# backbone, a gather per backbone and the cohort ensemble
+LOCAL_TASKS = 5 + (6 * len(LOCAL_BACKBONES) + 1) * len(catalog.STRATEGIES)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,8 @@ def test_rerun_with_unchanged_inputs_reuses_every_cached_step(local_run):
     lines = [l for l in again.stdout.splitlines() if l.strip().startswith("[") and "[epoch]" not in l]
     assert len(lines) == LOCAL_TASKS
     assert "[epoch]" not in again.stdout           # nothing was trained again
-    assert all("(cached)" in l for l in lines if " push " not in l)
+    # push and challenge are never cached: their answers depend on the repository as it is now
+    assert all("(cached)" in l for l in lines if " push " not in l and " challenge " not in l)
     runs = _main_runs(local_run["base"] / "work")
     assert len(runs) == 2
     first, second = (json.loads((r / "manifest.json").read_text()) for r in runs)

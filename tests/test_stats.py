@@ -111,17 +111,6 @@ def test_paired_cluster_bootstrap_and_holm():
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
-def _loop_bootstrap(y, p, threshold, clusters, n, seed, level=0.95):
-    """The bootstrap as it was before it was vectorised: one scikit-learn call per metric and
-    resample over the record indices of ``cluster_resamples``."""
-    draws = {m: [] for m in stats.METRICS}
-    for idx in stats.cluster_resamples(clusters, n, seed):
-        t = threshold[idx] if np.ndim(threshold) else threshold
-        for m, v in stats.at_threshold(y[idx], p[idx], t).items():
-            draws[m].append(v)
-    return {m: stats._interval(draws[m], level) for m in stats.METRICS}
-
-
 @pytest.mark.parametrize("records, patients", [(300, 300), (600, 40), (240, 3)])
 def test_vectorised_bootstrap_gives_the_intervals_of_the_loop(records, patients):
     """Same resampled patients, same metrics: the intervals agree to well under three decimals
@@ -132,7 +121,7 @@ def test_vectorised_bootstrap_gives_the_intervals_of_the_loop(records, patients)
     clusters = rng.integers(0, patients, records)
     for threshold in (0.45, np.where(np.arange(records) % 2, 0.4, 0.5)):
         new = stats.bootstrap(y, p, threshold, clusters, n=400, seed=3)
-        old = _loop_bootstrap(y, p, threshold, clusters, n=400, seed=3)
+        old = stats.bootstrap_reference(y, p, threshold, clusters, n=400, seed=3)
         for m in stats.METRICS:
             assert new[m]["ci_low"] == pytest.approx(old[m][0], abs=1e-9, nan_ok=True), m
             assert new[m]["ci_high"] == pytest.approx(old[m][1], abs=1e-9, nan_ok=True), m
@@ -149,3 +138,20 @@ def test_paired_p_value_is_a_bound_when_no_resample_crosses_zero():
     diffs = [roc_auc_score(y[i], strong[i]) - roc_auc_score(y[i], noise[i])
              for i in stats.cluster_resamples(np.arange(300), 500, 0)]
     assert row["ci_low"] == pytest.approx(np.percentile(diffs, 2.5)) and min(diffs) > 0
+
+
+def test_only_a_flattening_temperature_means_collapse():
+    """A model whose scores carry no signal fits the temperature at the upper bound (every
+    answer flattened towards 0.5): collapsed. Scores that separate the validation split push
+    the temperature down (sharper is better), and even at the lower bound that model is fine."""
+    from components.evaluate import collapse
+
+    y = np.array([0, 1] * 50)
+    separating = np.where(y == 1, 0.8, 0.2) + np.linspace(-0.05, 0.05, len(y))
+    t = stats.fit_temperature(y, separating)
+    assert t < 0.1 and collapse(stats.apply_temperature(separating, t), t) is None
+    low = stats.TEMPERATURE_BOUNDS[0]
+    assert collapse(stats.apply_temperature(separating, low), low) is None
+    noise = np.repeat(np.random.default_rng(0).uniform(0.05, 0.95, len(y) // 2), 2)  # each score: one 0, one 1
+    t = stats.fit_temperature(y, noise)
+    assert stats.temperature_at_upper_bound(t) and collapse(stats.apply_temperature(noise, t), t).startswith("collapsed")

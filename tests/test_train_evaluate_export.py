@@ -154,7 +154,7 @@ def test_a_collapsed_model_is_never_blessed(tmp_path):
     noise = np.where(rng.random(200) < 0.5, 0.001, 0.999)
     result = evaluate.report(validation=_scored(yv, noise, "v"), test=_scored(yt, np.where(rng.random(150) < 0.5, 0.001, 0.999)),
                              out=tmp_path / "bound", **common)
-    assert stats.temperature_at_bound(result["temperature"]["value"])
+    assert stats.temperature_at_upper_bound(result["temperature"]["value"])
     blessing = json.loads((tmp_path / "bound" / "blessing.json").read_text())
     assert not blessing["blessed"] and "fitting bound" in blessing["reason"]
     # a model that discriminates is blessed under the same rule; with the check off, so is the constant one
