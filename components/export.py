@@ -147,6 +147,7 @@ def model_card(training: dict, evaluation: dict, blessing: dict, ensemble: dict 
                        "explain": "image_bytes -> heatmap (Grad-CAM), probability"},
         "intended_use": "research decision support; not a diagnostic device",
         **({"cohort_ensemble": ensemble} if ensemble else {}),
+        **({"drift_reference": evaluation["drift_reference"]} if evaluation.get("drift_reference") else {}),
     }
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components import artifacts, catalog, cli, schema
+from components import artifacts, catalog, cli, inputstats, schema
 from components.atomic import staged_dir, write_json, write_text
 from components.records import content_digest, read_records, sha256_bytes, write_shards
 
@@ -54,10 +54,16 @@ class Meta:
     source_id: str
 
 
-def _thumbnail(png: bytes, side: int = 32) -> np.ndarray:
+def _decode(png: bytes):
     from PIL import Image
 
-    v = np.asarray(Image.open(io.BytesIO(png)).convert("L").resize((side, side), Image.BILINEAR), np.float32).ravel()
+    return Image.open(io.BytesIO(png))
+
+
+def _thumbnail(image, side: int = 32) -> np.ndarray:
+    from PIL import Image
+
+    v = np.asarray(image.convert("L").resize((side, side), Image.BILINEAR), np.float32).ravel()
     v -= v.mean()
     return v / (np.linalg.norm(v) + 1e-6)
 
@@ -185,17 +191,20 @@ class Examples:
     spec: catalog.Modality
     near_duplicate_r: float
     merged_pairs: int
+    stats: list[dict]            # components.inputstats of each record (the drift reference)
 
 
 def load(examples: str | Path, near_duplicate_r: float | None = None) -> Examples:
-    metas, thumbs = [], []
+    metas, thumbs, stats = [], [], []
     for raw in cli.progress(read_records(examples), desc="split: read", unit="rec"):
         r = schema.deserialize(raw)
         metas.append(Meta(r.patient_id, r.label, sha256_bytes(raw), r.modality, r.source, r.source_id))
         if near_duplicate_r is None:           # the modality's default, known from the first record
             near_duplicate_r = catalog.modality(r.modality).near_duplicate_r
+        image = _decode(r.image_png)
+        stats.append(inputstats.of(np.asarray(image)))
         if near_duplicate_r:
-            thumbs.append(_thumbnail(r.image_png))
+            thumbs.append(_thumbnail(image))
     modalities = {m.modality for m in metas}
     if len(modalities) != 1:
         raise cli.UserError(f"{examples} mixes modalities {sorted(modalities)}; split one modality at a time")
@@ -210,7 +219,7 @@ def load(examples: str | Path, near_duplicate_r: float | None = None) -> Example
             for i, g in zip(idx, merge_groups([groups[i] for i in idx], pairs)):
                 groups[i] = g
             merged += len(pairs)
-    return Examples(metas, groups, spec, near_duplicate_r or 0.0, merged)
+    return Examples(metas, groups, spec, near_duplicate_r or 0.0, merged, stats)
 
 
 def group_table(ex: Examples, members: list[int] | None = None) -> tuple[dict[str, str], dict[str, np.ndarray]]:
@@ -283,6 +292,8 @@ def write_splits(examples: str | Path, ex: Examples, split_of: list[int], stage:
         "examples_content_sha256": content_digest(m.digest for m in ex.metas),
         "patients_csv_sha256": sha256_bytes(patients_csv.encode()),
         "splits": manifest_splits,
+        # what the gateway's served inputs are compared with (pipelines.drift)
+        "input_reference": {"train": inputstats.reference([ex.stats[i] for i in by_split[0]])},
     }
     write_json(stage / artifacts.MANIFEST, manifest)
     return manifest

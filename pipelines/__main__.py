@@ -7,6 +7,7 @@
     python -m pipelines study --work-dir DIR --model-repo DIR --profile cpu|gpu [--data ROOT --modalities M,M]
     python -m pipelines audit RUN_DIR
     python -m pipelines report --work-dir DIR
+    python -m pipelines drift --model-repo DIR --work-dir DIR --gateway URL
 """
 from __future__ import annotations
 
@@ -84,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the modalities one after another instead of side by side (one process each)")
     st.add_argument("--part", action="store_true", help=argparse.SUPPRESS)   # one side-by-side process
 
+    d = sub.add_parser("drift", help="served inputs against the training split: PSI per feature, a report")
+    d.add_argument("--model-repo", required=True)
+    d.add_argument("--work-dir", required=True, help="the report goes to WORK/drift-<time>/")
+    d.add_argument("--gateway", required=True, help="the gateway's base URL, e.g. http://127.0.0.1:8080")
+    d.add_argument("--threshold", type=float, default=0.2, help="PSI above which a feature has drifted (default 0.2)")
+    d.add_argument("--min-count", type=int, default=30, help="served images a model version needs (default 30)")
+    d.add_argument("--fail-on-drift", action="store_true", help="exit 1 when any feature drifted")
+
     p = sub.add_parser("report", help="cross-modality comparison (the report's tables 5.1-5.10) as HTML and Markdown")
     p.add_argument("--work-dir", required=True)
     p.add_argument("--out", help="folder for report.html and report.md (default: the work dir)")
@@ -128,6 +137,17 @@ def _run(args, _):
 
         study.run(args.data, args.work_dir, args.model_repo, args.profile, args.modalities, seeds=args.seeds,
                   side_by_side=not args.in_a_row, part=args.part)
+    elif args.command == "drift":
+        from pipelines import drift
+
+        summary = drift.run(args.model_repo, args.work_dir, args.gateway, args.threshold, args.min_count)
+        for key, m in summary["models"].items():
+            shown = ", ".join(f"{r['feature']} {r['psi']:.2f}" for r in m["features"])
+            print(f"{key} ({m['served']} served): {'DRIFT in ' + ', '.join(m['drifted']) if m['drifted'] else 'no drift'}"
+                  f"; PSI {shown}")
+        print(f"report: {summary['folder']}/report.md")
+        if args.fail_on_drift and any(m["drifted"] for m in summary["models"].values()):
+            raise SystemExit(1)
     elif args.command == "report":
         from pipelines import report
 
