@@ -29,6 +29,8 @@ class ImageRejected(ValueError):
 @dataclass(frozen=True)
 class DecodedImage:
     pixels: np.ndarray  # uint8, HxW (grayscale) or HxWx3 (RGB)
+    source_format: str = ""   # what the bytes were (PNG, JPEG, ...), when decoded from a file
+    source_mode: str = ""     # their Pillow mode (L, RGB, I;16, ...)
 
     @property
     def height(self) -> int:
@@ -44,7 +46,7 @@ class DecodedImage:
             return self
         image = Image.fromarray(self.pixels)
         image.thumbnail((max_side, max_side), Image.Resampling.BOX)
-        return DecodedImage(np.asarray(image))
+        return DecodedImage(np.asarray(image))      # no longer the source's pixels: no source
 
     def png(self, compress_level: int = 3) -> bytes:
         buf = io.BytesIO()
@@ -87,7 +89,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     except Exception as e:    # fuzzed headers reach Pillow code paths that raise anything (TypeError, ...)
         raise ImageRejected(f"unreadable {image_format} ({type(e).__name__}: {e})") from None
     try:
-        return DecodedImage(_to_uint8(image))
+        return DecodedImage(_to_uint8(image), image_format, image.mode)
     except Exception as e:
         raise ImageRejected(f"unreadable {image_format} pixels ({type(e).__name__}: {e})") from None
 

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds /readyz answers 503 after SIGTERM before the gateway stops taking requests")
     ap.add_argument("--drain-timeout", type=float, default=25.0,
                     help="seconds then allowed for requests in flight to finish")
+    ap.add_argument("--canary-percent", type=float, default=float(os.environ.get("CANARY_PERCENT", 0.0)),
+                    help="share of a model's predictions sent to its canary version, when it has one (default 0)")
     return ap
 
 
@@ -59,7 +61,8 @@ def server(config: GatewayConfig, host: str, port: int, threads: int = 8, connec
 def _run(args, _):
     if not Path(args.model_repo).is_dir():
         raise FileNotFoundError(f"{args.model_repo} is not a model repository folder")
-    config = GatewayConfig(Path(args.model_repo), args.serving, deadline_s=args.deadline)
+    config = GatewayConfig(Path(args.model_repo), args.serving, deadline_s=args.deadline,
+                           canary_percent=args.canary_percent)
     app, http = server(config, args.host, args.port, args.threads, args.connection_limit)
     shared = app.extensions["gateway"]
 

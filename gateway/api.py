@@ -40,7 +40,8 @@ def _http(e: HTTPException):
 @blueprint.get("/api/v1/models")
 def list_models():
     deployed = current().deployed
-    return jsonify({"models": [{"name": name, "version": card["version"], "modality": card["modality"],
+    return jsonify({"models": [{"name": name, "version": card["version"], "labels": card["labels"],
+                                "modality": card["modality"],
                                 "backbone": card["backbone"], "strategy": card["strategy"],
                                 "label_names": card["label_names"], "threshold": card["threshold"],
                                 "test_metrics": card["test_metrics"]}
@@ -56,8 +57,8 @@ def predict(name):
     card = p.deployed.card(name)
     if card is None:
         raise errors.NotDeployed(f"no model named {name!r} is deployed")
-    png = p.read_upload(request, card["image_size"])
-    result = service.predict(p.client, p.deployed, name, png)
+    upload = p.read_upload(request, card["image_size"])
+    result = service.predict(p, name, upload)
     p.metrics.predictions.labels(name).inc()
     return jsonify(result)
 
@@ -68,8 +69,8 @@ def compare(modality, strategy):
     names = p.deployed.cohort(modality, strategy)
     if not names:
         raise errors.NotDeployed(f"no cohort {modality}/{strategy} is deployed")
-    png = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names))
-    result = service.compare(p.client, p.deployed, names, png)
+    upload = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names))
+    result = service.compare(p, names, upload)
     for r in result["models"]:
         p.metrics.predictions.labels(r["model"]).inc()
     return jsonify({"modality": modality, "strategy": strategy, **result})

@@ -1,8 +1,10 @@
-"""What is deployed, read from the model repository: each model's card, of the version the
-model server actually serves (learned from its answers and status; the newest folder until
-then). Routes and pages come from here, not from code, so adding a model or a modality to the
-repository needs no gateway change. A broken newer version that the server could not load
-does not replace the card of the version still answering."""
+"""What is deployed, read from the model repository: each model's labels (stable, canary: as
+its recorded decisions left them, ``serving.history``) and card, that of the stable version
+(for a model from before the history: the version the model server answers with, learned from
+its answers and status; the newest folder until then). Routes and pages come from here, not
+from code, so adding a model or a modality to the repository needs no gateway change. A broken
+newer version that the server could not load does not replace the card of the version still
+answering."""
 from __future__ import annotations
 
 import logging
@@ -25,10 +27,16 @@ class Deployed:
         self._cards: dict[str, dict] = {}
         self.skipped: dict[str, str] = {}    # model -> why its card is not offered
         self._served: dict[str, int] = {}     # model -> version the model server answers with
+        self._labels: dict[str, dict[str, int]] = {}
+        self._version_cards: dict[tuple[str, int], dict] = {}
 
     def _state_key(self):
-        """Changes when a model or version appears or goes (cheap: directory listings)."""
-        listing = tuple((m, tuple(repository.versions(self.root, m))) for m in repository.models(self.root))
+        """Changes when a model or version appears or goes, or a decision is recorded (cheap:
+        directory listings and one stat per model)."""
+        from serving import history
+
+        listing = tuple((m, tuple(repository.versions(self.root, m)), _mtime(history.path(self.root, m)))
+                        for m in repository.models(self.root))
         return listing, tuple(sorted(self._served.items()))
 
     def note_served(self, name: str, version: int) -> None:
@@ -40,11 +48,14 @@ class Deployed:
         key = self._state_key()
         with self._lock:
             if key != self._key:
-                cards, skipped = {}, {}
-                for name, versions in key[0]:
+                cards, skipped, all_labels = {}, {}, {}
+                for name, versions, _ in key[0]:
                     if not versions:
                         continue
-                    version = self._served.get(name) if self._served.get(name) in versions else versions[-1]
+                    labels = repository.labels(self.root, name)
+                    all_labels[name] = labels
+                    version = labels.get("stable") or (
+                        self._served.get(name) if self._served.get(name) in versions else versions[-1])
                     try:
                         card = repository.card(self.root, name, version)
                         problems = repository.check_card(card)
@@ -56,9 +67,27 @@ class Deployed:
                         skipped[name] = f"version {version}: {'; '.join(problems)}"
                         log.warning("not offering %s: %s", name, skipped[name])
                         continue
-                    cards[name] = {**card, "version": version}
-                self._cards, self.skipped, self._key = cards, skipped, key
+                    cards[name] = {**card, "version": version, "labels": labels}
+                self._cards, self.skipped, self._labels, self._key = cards, skipped, all_labels, key
             return self._cards
+
+    def labels(self, name: str) -> dict[str, int]:
+        self.cards()
+        return self._labels.get(name, {})
+
+    def card_of(self, name: str, version: int) -> dict | None:
+        """The card of one version (the one that answered a request), read once."""
+        card = self.card(name)
+        if card is None or card["version"] == version:
+            return card
+        key = (name, version)
+        if key not in self._version_cards:
+            try:
+                self._version_cards[key] = {**repository.card(self.root, name, version), "version": version,
+                                            "labels": card["labels"]}
+            except (OSError, ValueError):
+                return card
+        return self._version_cards[key]
 
     def card(self, name: str) -> dict | None:
         return self.cards().get(name)
@@ -77,9 +106,21 @@ class Deployed:
     def cohort(self, modality: str, strategy: str) -> list[str]:
         return self.modalities().get(modality, {}).get(strategy, [])
 
+    def decisions(self, name: str, last: int = 5) -> list[dict]:
+        from serving import history
+
+        return history.read(self.root, name)[-last:] if self.card(name) else []
+
     def picture(self, name: str, filename: str) -> Path | None:
         card = self.card(name)
         if card is None or filename not in PICTURES:
             return None
         path = self.root / name / str(card["version"]) / "assets.extra" / filename
         return path if path.is_file() else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0

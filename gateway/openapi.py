@@ -14,8 +14,9 @@ IMAGE_BODY = {
     },
 }
 PREDICTION = {"type": "object", "additionalProperties": False,
-              "required": ["model", "version", "probability", "label", "label_name", "threshold"],
+              "required": ["model", "version", "version_label", "probability", "label", "label_name", "threshold"],
               "properties": {"model": STRING, "version": {"type": "integer"},
+                             "version_label": {"type": "string", "nullable": True, "enum": ["stable", "canary", None]},
                              "probability": {"type": "number", "minimum": 0, "maximum": 1},
                              "label": {"type": "integer", "enum": [0, 1]}, "label_name": STRING,
                              "threshold": {"type": "number"}}}

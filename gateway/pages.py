@@ -51,17 +51,17 @@ def model(name):
     result, status, message, overlay = None, 200, None, None
     if request.method == "POST":
         def run():
-            png = p.read_upload(request, card["image_size"])
-            prediction = service.predict(p.client, p.deployed, name, png)
+            upload = p.read_upload(request, card["image_size"])
+            prediction = service.predict(p, name, upload)
             p.metrics.predictions.labels(name).inc()
-            return prediction, service.explain_overlay(p.client, name, png)
+            return prediction, service.explain_overlay(p.client, name, upload.png, prediction["version"])
         outcome, status, message = _attempt(run)
         if outcome:
             result, overlay = outcome
-            card = p.deployed.card(name) or card      # the card of the version that answered
+            card = p.deployed.card_of(name, result["version"]) or card      # the card of the version that answered
     pictures = [f for f in PICTURES if p.deployed.picture(name, f)]
     return _render("model.html", status, name=name, card=card, result=result, overlay=overlay, error=message,
-                   pictures=pictures)
+                   pictures=pictures, labels=p.deployed.labels(name), decisions=p.deployed.decisions(name))
 
 
 @blueprint.route("/cohorts/<modality>/<strategy>", methods=["GET", "POST"])
@@ -73,8 +73,8 @@ def cohort(modality, strategy):
     result, status, message = None, 200, None
     if request.method == "POST":
         def run():
-            png = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names))
-            return service.compare(p.client, p.deployed, names, png)
+            upload = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names))
+            return service.compare(p, names, upload)
         result, status, message = _attempt(run)
     return _render("compare.html", status, modality=modality, strategy=strategy, names=names, result=result,
                    error=message)

@@ -5,49 +5,91 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
+import grpc
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
 from gateway.deployed import Deployed
 from gateway.errors import NotDeployed
+from gateway.uploads import Upload
 from serving.client import Prediction, ServingClient, ServingRejected, ServingUnavailable
 
 
-def _result(deployed: Deployed, prediction: Prediction) -> dict:
+def _result(deployed: Deployed, prediction: Prediction, label: str | None) -> dict:
     deployed.note_served(prediction.model, prediction.version)
-    card = deployed.card(prediction.model)
+    card = deployed.card_of(prediction.model, prediction.version)
     probability = float(prediction.outputs["probability"][0])
-    label = int(prediction.outputs["label"][0])
-    return {"model": prediction.model, "version": prediction.version, "probability": round(probability, 6),
-            "label": label, "label_name": (card or {}).get("label_names", ["negative", "positive"])[label],
+    answer = int(prediction.outputs["label"][0])
+    return {"model": prediction.model, "version": prediction.version, "version_label": label,
+            "probability": round(probability, 6), "label": answer,
+            "label_name": (card or {}).get("label_names", ["negative", "positive"])[answer],
             "threshold": round(float(prediction.outputs["threshold"][0]), 6)}
 
 
-def predict(client: ServingClient, deployed: Deployed, name: str, png: bytes) -> dict:
-    if deployed.card(name) is None:
+def route(state, name: str, images: list[bytes], signature: str = "serving_default",
+          version: int | None = None) -> tuple[Prediction, str | None]:
+    """Ask the version the router picks (or ``version``). A label the model server does not
+    know yet (it assigns one only once its version is loaded) falls back: canary to stable,
+    stable to the server's latest, counted. Every call is counted and timed per version."""
+    label = None if version is not None else state.router.label(state.deployed.labels(name))
+    started = time.perf_counter()
+    try:
+        while True:
+            try:
+                prediction = state.client.predict_batch(name, images, signature, version=version, version_label=label)
+                break
+            except ServingRejected as e:
+                if label is None or e.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                if label == "canary":
+                    state.metrics.canary_fallbacks.labels(name).inc()
+                label = "stable" if label == "canary" else None
+    except (ServingRejected, ServingUnavailable):
+        known = version or state.deployed.labels(name).get(label or "stable", "unknown")
+        state.metrics.version_requests.labels(name, str(known), label or "latest", "error").inc()
+        raise
+    state.metrics.version_latency.labels(name, str(prediction.version)).observe(time.perf_counter() - started)
+    return prediction, label
+
+
+def predict(state, name: str, upload: Upload) -> dict:
+    if state.deployed.card(name) is None:
         raise NotDeployed(f"no model named {name!r} is deployed")
-    return _result(deployed, client.predict(name, png))
+    prediction, label = route(state, name, [upload.png])
+    result = _result(state.deployed, prediction, label)
+    state.metrics.observe(name, prediction.version, label, result["probability"], upload.stats)
+    return result
 
 
-def compare(client: ServingClient, deployed: Deployed, names: list[str], png: bytes) -> dict:
-    """The cohort's models asked in parallel; agreement says whether their labels concur, and
-    the cohort ensemble combines their answers (no forward pass of its own)."""
+def compare(state, names: list[str], upload: Upload) -> dict:
+    """The cohort's models asked in parallel, each at its stable version (the ensemble was
+    validated with those); agreement says whether their labels concur, and the cohort ensemble
+    combines their answers (no forward pass of its own)."""
+    labels = {n: "stable" if "stable" in state.deployed.labels(n) else None for n in names}
+    outcomes = dict(zip(names, state.client.predict_many(names, upload.png, version_labels=labels)))
+    unknown = [n for n, o in outcomes.items() if isinstance(o, ServingRejected) and o.code == grpc.StatusCode.NOT_FOUND
+               and labels[n]]           # a label the server has not assigned yet: its latest answers
+    if unknown:
+        outcomes.update(zip(unknown, state.client.predict_many(unknown, upload.png)))
+        labels.update({n: None for n in unknown})
     results, probabilities = [], {}
-    for name, outcome in zip(names, client.predict_many(names, png)):
+    for name, outcome in outcomes.items():
         if isinstance(outcome, ServingUnavailable):
             raise outcome
         if isinstance(outcome, ServingRejected):
             results.append({"model": name, "error": str(outcome)})
         else:
-            results.append(_result(deployed, outcome))
+            results.append(_result(state.deployed, outcome, labels[name]))
             probabilities[name] = float(outcome.outputs["probability"][0])
-    labels = [r["label"] for r in results if "label" in r]
-    agree = max(labels.count(0), labels.count(1)) if labels else 0
-    return {"models": results, "agreement": {"agreeing": agree, "of": len(labels),
-                                             "unanimous": bool(labels) and agree == len(labels)},
-            "ensemble": ensemble(deployed, names, probabilities)}
+            state.metrics.observe(name, outcome.version, labels[name], probabilities[name], upload.stats)
+    labels_ = [r["label"] for r in results if "label" in r]
+    agree = max(labels_.count(0), labels_.count(1)) if labels_ else 0
+    return {"models": results, "agreement": {"agreeing": agree, "of": len(labels_),
+                                             "unanimous": bool(labels_) and agree == len(labels_)},
+            "ensemble": ensemble(state.deployed, names, probabilities)}
 
 
 def ensemble(deployed: Deployed, names: list[str], probabilities: dict[str, float]) -> dict:
@@ -100,9 +142,10 @@ def not_ready(state) -> str | None:
     return f"not yet available on the model server: {', '.join(missing)}" if missing else None
 
 
-def explain_overlay(client: ServingClient, name: str, png: bytes) -> str:
-    """A data: URI of the upload (at the model's input size) under its Grad-CAM heat map."""
-    heat = client.predict(name, png, signature="explain").outputs["heatmap"][0]
+def explain_overlay(client: ServingClient, name: str, png: bytes, version: int | None = None) -> str:
+    """A data: URI of the upload (at the model's input size) under its Grad-CAM heat map (of
+    ``version``: the one that answered the prediction)."""
+    heat = client.predict_batch(name, [png], signature="explain", version=version).outputs["heatmap"][0]
     size = heat.shape[:2]
     base = Image.open(io.BytesIO(png)).convert("RGB").resize((size[1], size[0]))
     display = 256 if max(size) < 256 else max(size)

@@ -4,6 +4,7 @@ requests in flight for a drain. ``create_app`` makes one per app; blueprints rea
 ``current()`` instead of importing the app module."""
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,8 @@ from flask import Flask, current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.deployed import Deployed
-from gateway.uploads import prepare, read_image
+from components import inputstats
+from gateway.uploads import Upload, prepare, read_image
 from serving.client import ServingClient
 
 
@@ -25,6 +27,8 @@ class GatewayConfig:
     deadline_s: float = 5.0
     retries: int = 2
     max_decodes: int = 2                   # images decoded at once per process (memory, not speed)
+    canary_percent: float = 0.0            # share of a model's predictions sent to its canary (KServe's canaryTrafficPercent)
+    canary_seed: int | None = None         # seeds the traffic split (tests); None: from the OS
 
 
 class Metrics:
@@ -36,6 +40,49 @@ class Metrics:
         self.predictions = Counter("gateway_predictions_total", "predictions served", ["model"], registry=self.registry)
         self.rejected = Counter("gateway_uploads_rejected_total", "uploads refused", ["status"], registry=self.registry)
         self.unavailable = Counter("gateway_serving_unavailable_total", "model server unreachable", registry=self.registry)
+        # per model and version: what a roll-out is watched by
+        self.version_requests = Counter("gateway_version_requests_total", "predictions per model version and outcome",
+                                        ["model", "version", "label", "outcome"], registry=self.registry)
+        self.version_latency = Histogram("gateway_version_seconds", "model server call latency per model version",
+                                         ["model", "version"], registry=self.registry,
+                                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.canary_fallbacks = Counter("gateway_canary_fallbacks_total", "canary requests answered by stable "
+                                        "(the canary was not available)", ["model"], registry=self.registry)
+        # drift: the served inputs' statistics and the predicted probability (components.inputstats)
+        self.inputs = {f: Histogram(f"gateway_input_{f}", f"served images: {f}", ["model", "version"],
+                                    registry=self.registry, buckets=inputstats.BUCKETS[f]) for f in inputstats.FEATURES}
+        self.probability = Histogram("gateway_prediction_probability", "served probability", ["model", "version"],
+                                     registry=self.registry, buckets=inputstats.BUCKETS["probability"])
+
+    def observe(self, model: str, version: int, label: str | None, probability: float | None,
+                stats: dict | None) -> None:
+        """One answered prediction: its version's count, and the drift histograms."""
+        v = str(version)
+        self.version_requests.labels(model, v, label or "latest", "ok").inc()
+        if probability is not None:
+            self.probability.labels(model, v).observe(probability)
+        for feature, value in (stats or {}).items():
+            self.inputs[feature].labels(model, v).observe(value)
+
+
+class Router:
+    """Which version a model's request goes to: its canary for ``percent`` % of requests when it
+    has one (KServe's canaryTrafficPercent), its stable version otherwise; a model without
+    labels (a repository from before the history) gets the server's latest."""
+
+    def __init__(self, percent: float, seed: int | None = None):
+        if not 0 <= percent <= 100:
+            raise ValueError(f"canary share {percent} must be between 0 and 100 (percent)")
+        self.percent = percent
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+
+    def label(self, labels: dict[str, int]) -> str | None:
+        if "canary" in labels and self.percent > 0:
+            with self.lock:
+                if self.rng.random() * 100 < self.percent:
+                    return "canary"
+        return "stable" if "stable" in labels else None
 
 
 @dataclass
@@ -45,17 +92,18 @@ class GatewayState:
     client: ServingClient
     metrics: Metrics
     decodes: threading.BoundedSemaphore
+    router: Router
     draining: threading.Event = field(default_factory=threading.Event)   # set: /readyz says 503
     _in_flight: int = 0
     _idle: threading.Condition = field(default_factory=threading.Condition)
 
-    def read_upload(self, request, model_size: int | None = None) -> bytes:
+    def read_upload(self, request, model_size: int | None = None) -> Upload:
         """The request's image for a model of input ``model_size``; at most ``max_decodes``
         decode at once, so concurrent large uploads cannot multiply the decode memory."""
         with self.decodes:
             return read_image(request, self.config.max_upload_bytes, self.config.max_pixels, model_size)
 
-    def prepare_image(self, data: bytes, model_size: int | None = None) -> bytes:
+    def prepare_image(self, data: bytes, model_size: int | None = None) -> Upload:
         """As read_upload, for image bytes that came another way (the v2 protocol's tensors)."""
         with self.decodes:
             return prepare(data, self.config.max_upload_bytes, self.config.max_pixels, model_size)
@@ -78,7 +126,7 @@ class GatewayState:
 def init_app(app: Flask, config: GatewayConfig) -> GatewayState:
     client = ServingClient(config.serving, config.deadline_s, config.retries)
     state = GatewayState(config, Deployed(config.model_repo), client, Metrics(),
-                         threading.BoundedSemaphore(config.max_decodes))
+                         threading.BoundedSemaphore(config.max_decodes), Router(config.canary_percent, config.canary_seed))
     app.extensions["gateway"] = state
     return state
 

@@ -184,7 +184,8 @@ def _bytes_elements(tensor: dict, binary: bytes, offset: int) -> tuple[list[byte
     return elements, offset
 
 
-def _images(parsed: dict, binary: bytes, model_size: int) -> list[bytes]:
+def _images(parsed: dict, binary: bytes, model_size: int) -> list:
+    """The request's images as gateway.uploads.Upload (PNG for the model server, statistics)."""
     inputs = parsed.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise BadRequest(f"inputs must be a list with the one input {INPUT!r}")
@@ -238,11 +239,14 @@ def _predict(name: str, version: str | None, signature: str = "serving_default")
     """(parsed request, Prediction) of one model on the request's images."""
     card = _card(name)
     parsed, binary = _read_request()
-    images = _images(parsed, binary, card["image_size"])
+    uploads = _images(parsed, binary, card["image_size"])
     state = current()
-    prediction = state.client.predict_batch(name, images, signature=signature, version=_check_version(name, version))
+    prediction, label = service.route(state, name, [u.png for u in uploads], signature, _check_version(name, version))
     state.deployed.note_served(name, prediction.version)
-    state.metrics.predictions.labels(name).inc(len(images))
+    state.metrics.predictions.labels(name).inc(len(uploads))
+    if signature == "serving_default":
+        for u, p in zip(uploads, prediction.outputs["probability"]):
+            state.metrics.observe(name, prediction.version, label, float(p), u.stats)
     return parsed, prediction
 
 
@@ -268,10 +272,10 @@ def compare(modality, strategy):
     if not names:
         raise errors.NotDeployed(f"no cohort {modality}/{strategy} is deployed")
     parsed, binary = _read_request()
-    images = _images(parsed, binary, max(state.deployed.card(n)["image_size"] for n in names))
-    if len(images) != 1:
+    uploads = _images(parsed, binary, max(state.deployed.card(n)["image_size"] for n in names))
+    if len(uploads) != 1:
         raise BadRequest("a compare takes one image (shape [1])")
-    result = service.compare(state.client, state.deployed, names, images[0])
+    result = service.compare(state, names, uploads[0])
     answered = [r for r in result["models"] if "error" not in r]
     outputs = {"model": ("BYTES", np.array([r["model"].encode() for r in answered], dtype=object)),
                "probability": ("FP32", np.array([r["probability"] for r in answered], np.float32)),

@@ -86,7 +86,7 @@ def test_a_large_upload_reaches_the_model_server_no_larger_than_needed(tmp_path)
     for data, expected in [(big.getvalue(), (1024, 512)), (small.getvalue(), (200, 300))]:
         with app.test_request_context("/", method="POST", data={"image": (io.BytesIO(data), "x.png")},
                                       content_type="multipart/form-data"):
-            png = read_image(request, 10 << 20, 40_000_000, model_size=64)
+            png = read_image(request, 10 << 20, 40_000_000, model_size=64).png
         assert Image.open(io.BytesIO(png)).size == expected
     assert transport_side(224) == 1024 and transport_side(512) == 2048
 
@@ -203,7 +203,7 @@ def test_concurrent_uploads_decode_at_most_max_decodes_at_once(tmp_path):
         def upload(_):
             with app.test_request_context("/", method="POST", json=body):
                 from flask import request
-                return len(state.read_upload(request, 64))
+                return len(state.read_upload(request, 64).png)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             sizes = list(pool.map(upload, range(8)))
     finally:
