@@ -119,10 +119,10 @@ def locust(mode: str, url: str, users: int, seconds: int, png: Path, out: Path, 
 
 
 def test_split(tmp: Path) -> Path:
-    """A small synthetic ultrasound split: the records the champion and the challengers meet on."""
+    """A synthetic ultrasound split: the records the champion and the challengers meet on."""
     from components import extract, sample_data, split
 
-    sample_data.run("ultrasound", tmp / "data", count=80, seed=5)
+    sample_data.run("ultrasound", tmp / "data", count=400, seed=5)   # ~50 test records: a verdict, not noise
     extract.run("ultrasound", tmp / "data", tmp / "examples")
     split.run(tmp / "examples", tmp / "splits", seed=0)
     return tmp / "splits"
