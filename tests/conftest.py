@@ -1,8 +1,9 @@
 """Shared fixtures: sample datasets made once per session, the real datasets when present."""
 from __future__ import annotations
 
-import os
 import contextlib
+import fcntl
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +17,28 @@ SHARED = ROOT.parent / "shared" / "datasets"
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
 
-# Test modules that share an expensive session fixture run on one xdist worker, so it is built
-# once, not once per worker: the trained models (pipeline_outputs, about 160 s) and the local
-# pipeline run (about 180 s). pytest-xdist's own "loadgroup" marks do not take effect under
-# pytest 9 (the nodeid suffix they rely on is not used), so the scheduler is given the groups.
+# Test modules that share an expensive session fixture run on one xdist worker: the local
+# pipeline run (about 180 s) is built once that way. pytest-xdist's own "loadgroup" marks do not
+# take effect under pytest 9 (the nodeid suffix they rely on is not used), so the scheduler is
+# given the groups. The trained models (pipeline_outputs, about 170 s) are built once per session
+# whichever worker asks first (a file lock in the session's shared folder), so their tests can be
+# spread: the first group on one worker, operations and serving after the pipeline tests on the
+# other, once the models are built (LATE modules are collected last).
 WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway", "test_gateway_process",
-                                                   "test_gateway_v2", "test_operations", "test_pages_browser",
-                                                   "test_serving", "test_train_evaluate_export")},
-                 "test_pipelines": "pipeline-run"}
+                                                   "test_gateway_v2", "test_pages_browser",
+                                                   "test_train_evaluate_export")},
+                 **{m: "pipeline-run" for m in ("test_pipelines", "test_operations", "test_serving")}}
+LATE = ("test_operations", "test_serving")
 # tests of a grouped module that use none of its shared fixtures: free to run on either worker
 UNGROUPED = {"test_train_evaluate_export.py::test_training_twice_gives_the_same_weights"}
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: _module(item.nodeid) in LATE)       # stable: otherwise as collected
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -37,8 +50,7 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             if nodeid.rsplit("/", 1)[-1].split("[", 1)[0] in UNGROUPED:
                 return nodeid
-            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-            return WORKER_GROUPS.get(module, nodeid)
+            return WORKER_GROUPS.get(_module(nodeid), nodeid)
 
     return Grouped(config, log)
 
@@ -62,19 +74,22 @@ def sample_sources(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def sample_splits(sample_sources, tmp_path_factory) -> dict[str, Path]:
+def sample_splits(request, tmp_path_factory) -> dict[str, Path]:
     """Training-ready splits per modality, as a pipeline makes them: histopathology's are
-    stain-normalized (``splits-stained``); the raw splits stay beside them (``splits``)."""
-    base = tmp_path_factory.mktemp("sample-splits")
-    out = {}
-    for modality, source in sample_sources.items():
-        extract.run(modality, source, base / modality / "examples")
-        split.run(base / modality / "examples", base / modality / "splits", seed=1)
-        out[modality] = base / modality / "splits"
-        if modality == "histopathology":
-            stain.run(out[modality], base / modality / "splits-stained")
-            out[modality] = base / modality / "splits-stained"
-    return out
+    stain-normalized (``splits-stained``); the raw splits stay beside them (``splits``).
+    Built once per session (see once_per_session)."""
+    modalities = ("mammography", "ultrasound", "histopathology")
+    with once_per_session(tmp_path_factory, "sample-splits") as (base, built):
+        out = {m: base / m / ("splits-stained" if m == "histopathology" else "splits") for m in modalities}
+        if built:
+            return out
+        sources = request.getfixturevalue("sample_sources")
+        for modality in modalities:
+            extract.run(modality, sources[modality], base / modality / "examples")
+            split.run(base / modality / "examples", base / modality / "splits", seed=1)
+            if modality == "histopathology":
+                stain.run(base / modality / "splits", out[modality])
+        return out
 
 
 # (backbone, strategy) -> modality: the unfrozen cohort on one modality (so it can be compared
@@ -84,13 +99,37 @@ COMBOS = {("resnet50", "unfrozen"): "ultrasound", ("vgg16", "unfrozen"): "ultras
           ("vgg16", "progressive"): "histopathology", ("densenet121", "progressive"): "histopathology"}
 
 
+@contextlib.contextmanager
+def once_per_session(tmp_path_factory, name: str):
+    """(folder, built): a folder every xdist worker of this session shares, under a lock, so the
+    first to ask builds it (and marks it built) while the others wait, then reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder, (folder / ".built").exists()
+            (folder / ".built").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def pipeline_outputs(sample_splits, tmp_path_factory):
     """Each backbone x strategy trained 1 epoch at 32 px, evaluated and exported (SavedModel);
-    the ultrasound unfrozen cohort with its ensemble (``<base>/ensemble``) in every member's card."""
+    the ultrasound unfrozen cohort with its ensemble (``<base>/ensemble``) in every member's card.
+    Built once per session (see once_per_session)."""
+    with once_per_session(tmp_path_factory, "trained-models") as (base, built):
+        if built:
+            return {catalog.model_name(m, b, s): base / catalog.model_name(m, b, s) for (b, s), m in COMBOS.items()}
+        return _train_every_combination(sample_splits, base)
+
+
+def _train_every_combination(sample_splits, base: Path) -> dict[str, Path]:
     import keras
 
-    base = tmp_path_factory.mktemp("models")
+    base.mkdir(parents=True, exist_ok=True)
     outputs = {}
     for (backbone, strategy), modality in COMBOS.items():
         name = catalog.model_name(modality, backbone, strategy)
