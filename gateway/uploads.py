@@ -28,7 +28,6 @@ class Upload:
     stats: dict         # components.inputstats of the image as received (the drift histograms)
 
 
-
 # PNG modes whose pixels TensorFlow's decoder gives exactly as Pillow does (8-bit gray or RGB);
 # 16-bit, palette, alpha and the rest are re-encoded after the gateway's own conversion
 PASS_THROUGH_MODES = ("L", "RGB")
