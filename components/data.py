@@ -147,7 +147,11 @@ def dataset(split_dir: str | Path, modality: str, image_size: int, batch_size: i
         return (image, label, f[schema.SOURCE_ID], f[schema.PATIENT], f[schema.SOURCE]) if with_ids else (image, label)
 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    # each map call's ops on one thread: an image's reductions (the contrast's mean) then add up
+    # in the same order whatever the machine's core count (parallel calls still use every core)
+    options.threading.max_intra_op_parallelism = 1
+    return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE).with_options(options)
 
 
 def count_labels(split_dir: str | Path) -> tuple[int, int]:

@@ -17,8 +17,12 @@ layer in every stage, with AdamW (``--weight-decay``), a linear warm-up over
   cheap low-resolution epochs learn coarse shape and texture first; the full-size ones refine.
 
 Deterministic on CPU: the same splits, settings and seed give the same weights on every run
-(TensorFlow's op determinism, a seeded shuffle of records read in a fixed order, stateless
-augmentation seeded per image and epoch, seeded initialisation and dropout). On a GPU, cuDNN's
+and machine of the same CPU family (TensorFlow's op determinism, a seeded shuffle of records read
+in a fixed order, stateless augmentation seeded per image and epoch, seeded initialisation and
+dropout, ``--threads`` threads per op whatever the machine has, and Eigen's CPU kernels instead of
+oneDNN's: two identical one-thread trainings with oneDNN parted at their 63rd step, and oneDNN
+picks other kernels on another instruction set; at these image sizes Eigen is about as fast).
+``training.json`` records the threads and kernels a run used. On a GPU, cuDNN's
 and XLA's kernels are made deterministic by the same switch where they have such a kernel, but
 mixed precision, another GPU model or another number of GPUs (MirroredStrategy's reductions)
 still change the last bits, so a GPU run repeats on the same machine, not across machines.
@@ -39,6 +43,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -71,6 +77,9 @@ class TrainSettings:
     warmup_epochs: float = _opt(1.0, "from scratch: linear learning-rate warm-up epochs (a fraction is fine)")
     augmentation: str = _opt("", "training augmentation policy (components.data); empty: the modality's")
     profile: str = _opt("", "the study profile these settings come from (recorded in the model card)")
+    threads: int = _opt(1, "TensorFlow threads per op on CPU: a reduction's result depends on how many "
+                           "threads share it, so this is a setting like the seed (0: all cores, repeatable "
+                           "only on machines with as many)")
 
     @staticmethod
     def typed(values: dict) -> dict:
@@ -149,7 +158,31 @@ class EpochLine:
         return _EpochLine()
 
 
+def _repeatable_cpu_kernels() -> None:
+    """Eigen's CPU kernels, not oneDNN's (see the module docstring). TensorFlow reads the switch
+    once, as it loads: a process that imported it before keeps what it had (recorded)."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def _pin_threads(tf, threads: int) -> int:
+    """``threads`` per op and between ops, when this process has not run TensorFlow yet; the
+    number in force either way."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:                 # the runtime already started (a test, an earlier step)
+        print(f"[train] TensorFlow already running: its thread pools stay as they are, not {threads}", flush=True)
+    return tf.config.threading.get_intra_op_parallelism_threads()
+
+
+def _onednn() -> bool:
+    from tensorflow.python.util import _pywrap_util_port
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
+    _repeatable_cpu_kernels()
     import keras
     import tensorflow as tf
 
@@ -157,6 +190,7 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
 
     name = catalog.model_name(config.modality, config.backbone, config.strategy)
     data.augmentation(config.augmentation or catalog.modality(config.modality).augmentation)
+    threads = _pin_threads(tf, config.threads)
     tf.config.experimental.enable_op_determinism()
     splits = Path(splits)
     strategy, n_gpus = _distribution()
@@ -248,7 +282,8 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
             "stain": _manifest(splits).get("stain"),
             "stages": record, "peak_learning_rate": peak, "epochs_run": len(history.get("loss", [])),
             "best_val_auc": max(history.get("val_auc", [0.0])), "gpus": n_gpus,
-            "mixed_precision": n_gpus > 0, "execution": "eager" if eager else "graph", "started_utc": started.isoformat(timespec="seconds"),
+            "mixed_precision": n_gpus > 0, "threads_per_op": threads, "onednn": _onednn(),
+            "execution": "eager" if eager else "graph", "started_utc": started.isoformat(timespec="seconds"),
             "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
             "tensorflow": tf.__version__, "keras": keras.__version__,
         })

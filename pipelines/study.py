@@ -67,8 +67,10 @@ PROFILES: dict[str, dict[str, dict]] = {
                                augmentation="histology", cv_folds=4),
     },
     "gpu": {
+        # threads=0: the node's every core for the CPU-side ops; a GPU run repeats on the same
+        # machine only (components.train), so nothing is lost
         modality: dict(_SCRATCH, image_size=224, epochs=40, batch_size=32, warmup_epochs=2, patience=12,
-                       augmentation=augmentation, cv_folds=5)
+                       augmentation=augmentation, cv_folds=5, threads=0)
         for modality, augmentation in (("ultrasound", "ultrasound"), ("mammography", "dihedral"),
                                        ("histopathology", "histology"))
     },

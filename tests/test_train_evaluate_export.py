@@ -1,6 +1,9 @@
 """Every backbone x strategy: train 1 epoch at 32 px on sample data, evaluate, export, reload
 the SavedModel and check it answers what the Keras model answers for the same PNG bytes."""
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -168,21 +171,36 @@ def test_a_collapsed_model_is_never_blessed(tmp_path):
 
 
 def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
-    """Same splits, settings and seed: bit-identical weights (op determinism, seeded shuffle of
-    sorted records, stateless augmentation); another seed, other weights. VGG16 from scratch is
-    the BatchNormalization variant."""
-    def trained(name, seed):
+    """Same splits, settings and seed: bit-identical weights from two separate processes on
+    machines that differ in threads (TensorFlow's pools of 2 against 1, as a bigger machine or
+    a run beside others has): the thread count is a training setting, oneDNN is off, the
+    shuffle, augmentation and initialisation are seeded. Another seed, other weights. VGG16
+    from scratch is the BatchNormalization variant."""
+    def start(name, seed, machine_threads):
         # batch 4: over train.EAGER_BELOW_STEPS steps, so the traced graph the study runs is what repeats
-        config = train.TrainConfig(modality="ultrasound", backbone="vgg16", strategy="unfrozen", image_size=32,
-                                   epochs=2, batch_size=4, weights="none", seed=seed, warmup_epochs=0.5)
-        train.run(sample_splits["ultrasound"], tmp_path / name, config)
+        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": machine_threads, "TF_NUM_INTEROP_THREADS": machine_threads,
+               "OMP_NUM_THREADS": machine_threads, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+        return subprocess.Popen(
+            [sys.executable, "-m", "components.train", "--splits", str(sample_splits["ultrasound"]),
+             "--modality", "ultrasound", "--backbone", "vgg16", "--strategy", "unfrozen", "--out", str(tmp_path / name),
+             "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--weights", "none", "--seed", str(seed),
+             "--warmup-epochs", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    runs = {"a": start("a", 3, "2"), "b": start("b", 3, "1"), "c": start("c", 4, "1")}
+    for name, proc in runs.items():
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"training {name} failed:\n{output[-3000:]}"
+
+    def trained(name):
         model = keras.models.load_model(tmp_path / name / "model.keras", compile=False)
         keras.backend.clear_session()
-        return model, json.loads((tmp_path / name / "training.json").read_text())
+        return model, model.get_weights()
 
-    (a, record), (b, _), (c, _) = trained("a", 3), trained("b", 3), trained("c", 4)
+    (a, wa), (_, wb), (_, wc) = trained("a"), trained("b"), trained("c")
+    record = json.loads((tmp_path / "a" / "training.json").read_text())
     assert record["execution"] == "graph"
+    assert record["threads_per_op"] == 1 and record["onednn"] is False
     assert any(l.name == "block1_conv1_bn" for l in a.layers)
-    wa, wb, wc = a.get_weights(), b.get_weights(), c.get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
     assert not all(np.array_equal(x, y) for x, y in zip(wa, wc))
