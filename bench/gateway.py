@@ -2,8 +2,11 @@
 
 - direct: the same PNG by gRPC Predict straight to the model server (a separate process);
 - single: through waitress -> gateway -> gRPC -> model server (separate processes, as
-  deployed), per backbone, alternating with the direct call; overhead = gateway p50 - direct
-  p50 (target <= 3 ms);
+  deployed), per backbone, alternating with the direct call; overhead = the median of the paired
+  differences (each gateway call minus the direct call right after it; target <= 3 ms), beside
+  the difference of the p50s and of the p99s, and the gateway process' own CPU time per request
+  (waitress included: what it takes from the model on a 2-core machine);
+- 16 concurrent clients: p50 through the gateway against 16 concurrent direct calls;
 - memory: the idle gateway process's resident size, beside the same gateway importing
   TensorFlow as it did before (target < 200 MB);
 - image size: what the gateway image installs (requirements-gateway.txt) against the full lock
@@ -129,6 +132,23 @@ def percentiles(times) -> tuple[float, float]:
     return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 99) * 1000)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def concurrently(call, clients: int, total: int) -> list[float]:
+    """Each call's seconds, ``clients`` at a time."""
+    def timed(_):
+        t = time.perf_counter()
+        call()
+        return time.perf_counter() - t
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(timed, range(total)))
+
+
 def start_stack(repo: Path, batching: bool) -> tuple[list[subprocess.Popen], str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     grpc_port, http_port = free_port(), free_port()
@@ -185,7 +205,7 @@ def main(argv: list[str]) -> int:
 
         print(f"gateway benchmark, {size} px, {n} requests per figure, {os.cpu_count()} CPU cores")
         memory = idle_memory(repo)
-        results, grpc_direct = {}, {}
+        results, grpc_direct, paired, crowd = {}, {}, {}, {}
         for batching in (True, False):
             procs, url, target = start_stack(repo, batching)
             client = ServingClient(target, deadline_s=120)
@@ -196,17 +216,24 @@ def main(argv: list[str]) -> int:
                     for _ in range(3):
                         post(f"{url}/api/v1/models/{name}:predict", body)
                         client.predict(name, png)
-                    through, straight = [], []
+                    through, straight, cpu = [], [], 0.0
                     for _ in range(n):              # alternate, so both see the same machine state
+                        before = cpu_seconds(procs[1].pid)
                         through.append(post(f"{url}/api/v1/models/{name}:predict", body))
+                        cpu += cpu_seconds(procs[1].pid) - before
                         t = time.perf_counter()
                         client.predict(name, png)
                         straight.append(time.perf_counter() - t)
                     single[backbone] = percentiles(through)
                     if batching:
                         grpc_direct[backbone] = percentiles(straight)
+                        paired[backbone] = (float(np.median(np.subtract(through, straight)) * 1000), cpu * 1000 / n)
                 compare = percentiles([post(f"{url}/api/v1/cohorts/{MODALITY}/{STRATEGY}:compare", body) for _ in range(n)])
                 name = catalog.model_name(MODALITY, "resnet50", STRATEGY)
+                if batching:
+                    crowd["gateway"] = percentiles(concurrently(
+                        lambda: post(f"{url}/api/v1/models/{name}:predict", body), 16, 4 * n))
+                    crowd["direct"] = percentiles(concurrently(lambda: client.predict(name, png), 16, 4 * n))
                 throughput = {}
                 for clients in (1, 4, 16):
                     total = max(clients * 4, 16)
@@ -222,12 +249,17 @@ def main(argv: list[str]) -> int:
                     p.wait(30)
 
     single, compare, throughput = results[True]
-    print("\nsingle-model latency (batching on)   direct gRPC p50/p99    gateway p50/p99     overhead p50")
+    print("\nsingle-model latency (batching on)   direct gRPC p50/p99    gateway p50/p99   "
+          "overhead: paired p50, p50s, p99s   gateway CPU")
     for backbone in catalog.BACKBONES:
         d50, d99 = grpc_direct[backbone]
         g50, g99 = single[backbone]
-        print(f"  {backbone:<12} {d50:9.1f} / {d99:7.1f} ms   {g50:9.1f} / {g99:7.1f} ms   {g50 - d50:+6.1f} ms"
-              "  (target <= 3 ms)")
+        overhead, cpu = paired[backbone]
+        print(f"  {backbone:<12} {d50:9.1f} / {d99:7.1f} ms   {g50:9.1f} / {g99:7.1f} ms   {overhead:+6.1f} ms"
+              f" (target <= 3), {g50 - d50:+6.1f}, {g99 - d99:+6.1f} ms   {cpu:5.1f} ms/request")
+    (c50, c99), (e50, e99) = crowd["gateway"], crowd["direct"]
+    print(f"  16 concurrent clients, resnet50: gateway p50 {c50:.1f} / p99 {c99:.1f} ms, direct {e50:.1f} / "
+          f"{e99:.1f} ms: overhead p50 {c50 - e50:+.1f} ms, p99 {c99 - e99:+.1f} ms")
     lean, with_tf = memory
     print(f"\nidle gateway process: {lean:.0f} MB resident; the same importing TensorFlow (as before) "
           f"{with_tf:.0f} MB, {with_tf - lean:.0f} MB more (target < 200 MB)")

@@ -28,7 +28,6 @@ import numpy as np
 
 from components import artifacts, cli, evaluate, split, stats
 from components.atomic import staged_dir, write_json
-from components.records import read_records
 
 FOLDS = artifacts.FOLDS
 DEFAULT_FOLDS = 4

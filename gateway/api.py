@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
@@ -12,6 +12,7 @@ from gateway.state import current
 from serving.client import ServingUnavailable
 
 blueprint = Blueprint("api", __name__)
+DICOM = "application/dicom"
 
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,11 @@ def predict(name):
     card = p.deployed.card(name)
     if card is None:
         raise errors.NotDeployed(f"no model named {name!r} is deployed")
-    upload = p.read_upload(request, card["image_size"])
+    upload = p.read_upload(request, card["image_size"], card["modality"])
     result = service.predict(p, name, upload)
     p.metrics.predictions.labels(name).inc()
+    if _wants_dicom():
+        return _dicom(service.dicom_report(p.deployed, upload, [result]))
     return jsonify(result)
 
 
@@ -69,11 +72,22 @@ def compare(modality, strategy):
     names = p.deployed.cohort(modality, strategy)
     if not names:
         raise errors.NotDeployed(f"no cohort {modality}/{strategy} is deployed")
-    upload = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names))
+    upload = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names), modality)
     result = service.compare(p, names, upload)
     for r in result["models"]:
         p.metrics.predictions.labels(r["model"]).inc()
+    if _wants_dicom():
+        return _dicom(service.dicom_report(p.deployed, upload, result["models"], result["ensemble"]))
     return jsonify({"modality": modality, "strategy": strategy, **result})
+
+
+def _wants_dicom() -> bool:
+    """``Accept: application/dicom`` preferred over JSON (``*/*`` and no Accept mean JSON)."""
+    return request.accept_mimetypes.best_match(["application/json", DICOM]) == DICOM
+
+
+def _dicom(body: bytes) -> Response:
+    return Response(body, mimetype=DICOM, headers={"Content-Disposition": 'attachment; filename="report.dcm"'})
 
 
 @blueprint.get("/api/v1/openapi.json")

@@ -1,6 +1,11 @@
 """The OpenAPI 3 document of every JSON operation (/api/v1, the probes, Open Inference Protocol
 v2), served at /api/v1/openapi.json, with the exact schemas of what each one answers. The test
-suite fuzzes the running gateway against it with Schemathesis."""
+suite fuzzes the running gateway against it with Schemathesis.
+
+An image is a PNG, JPEG or BMP file or a DICOM Part 10 image (multipart, JSON base64, a raw
+``application/dicom`` body, or an OIP BYTES element). A DICOM file that is sound but not an image
+the model reads (a Structured Report, another SOP class, another modality's image) is 422
+Unprocessable Content: the format is supported (not 415), the content is not an image for it."""
 from __future__ import annotations
 
 STRING = {"type": "string"}
@@ -11,7 +16,10 @@ IMAGE_BODY = {
                                            "properties": {"image": {"type": "string", "format": "binary"}}}},
         "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string", "format": "byte"}}}}}},
+        "application/dicom": {"schema": {"type": "string", "format": "binary"}},
     },
+    "description": "The image file: PNG, JPEG, BMP, or a DICOM Part 10 image (Digital Mammography X-Ray or "
+                   "Ultrasound; the model's modality) in any field, or as the whole application/dicom body.",
 }
 PREDICTION = {"type": "object", "additionalProperties": False,
               "required": ["model", "version", "version_label", "probability", "label", "label_name", "threshold"],
@@ -66,9 +74,10 @@ INFER_REQUEST = {"required": True, "content": {"application/json": {"schema": {
         "inputs": {"type": "array", "items": TENSOR_IN, "minItems": 1, "maxItems": 1},
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": STRING, "parameters": {"type": "object"}}}}}}}},
-    "description": "An OIP inference request; the input image_bytes is BYTES, shape [n], its data base64 "
-                   "strings. With the binary tensor data extension the body is the JSON header followed by "
-                   "the raw tensors (header length in Inference-Header-Content-Length)."}
+    "description": "An OIP inference request; the input image_bytes is BYTES, shape [n], each element an "
+                   "image file (PNG, JPEG, BMP or DICOM Part 10), its data base64 strings. With the binary "
+                   "tensor data extension the body is the JSON header followed by the raw tensors (header "
+                   "length in Inference-Header-Content-Length)."}
 TENSOR_OUT = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
     "name": STRING, "datatype": {"type": "string", "enum": ["FP32", "INT64", "BYTES"]},
     "shape": {"type": "array", "items": {"type": "integer"}}, "parameters": {"type": "object"},
@@ -88,7 +97,9 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(schema: dict, *codes) -> dict:
     text = {400: "bad image or request", 404: "unknown model, version or cohort", 413: "image too large",
-            415: "unsupported format", 502: "the model server refused the request",
+            415: "unsupported format", 422: "a DICOM file that is not an image this model reads (e.g. a "
+                                            "Structured Report, or another modality's image)",
+            502: "the model server refused the request",
             503: "model server unavailable or busy (Retry-After)"}
     return {str(c): _json(schema, text[c]) for c in codes}
 
@@ -107,9 +118,9 @@ def _v2_model_operations(suffix: str, method: str, operation: dict) -> dict:
 
 
 def document() -> dict:
-    predict_errors = _errors(V1_ERROR, 400, 404, 413, 415, 502, 503)
+    predict_errors = _errors(V1_ERROR, 400, 404, 413, 415, 422, 502, 503)
     infer = {"requestBody": INFER_REQUEST, "responses": {
-        "200": _json(INFER_RESPONSE, "inference response"), **_errors(V2_ERROR, 400, 404, 413, 415, 502, 503)}}
+        "200": _json(INFER_RESPONSE, "inference response"), **_errors(V2_ERROR, 400, 404, 413, 415, 422, 502, 503)}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "Breast-cancer imaging gateway", "version": "1.0.0",

@@ -51,7 +51,7 @@ def model(name):
     result, status, message, overlay = None, 200, None, None
     if request.method == "POST":
         def run():
-            upload = p.read_upload(request, card["image_size"])
+            upload = p.read_upload(request, card["image_size"], card["modality"])
             prediction = service.predict(p, name, upload)
             p.metrics.predictions.labels(name).inc()
             return prediction, service.explain_overlay(p.client, name, upload.png, prediction["version"])
@@ -73,7 +73,7 @@ def cohort(modality, strategy):
     result, status, message = None, 200, None
     if request.method == "POST":
         def run():
-            upload = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names))
+            upload = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names), modality)
             return service.compare(p, names, upload)
         result, status, message = _attempt(run)
     return _render("compare.html", status, modality=modality, strategy=strategy, names=names, result=result,

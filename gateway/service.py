@@ -4,6 +4,8 @@ answers into what people and programs read."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import importlib.metadata
 import io
 import time
 
@@ -12,9 +14,10 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from gateway import dicom_sr
 from gateway.deployed import Deployed
 from gateway.errors import NotDeployed
-from gateway.uploads import Upload
+from gateway.uploads import Upload, UploadError
 from serving.client import Prediction, ServingClient, ServingRejected, ServingUnavailable
 
 
@@ -154,3 +157,38 @@ def explain_overlay(client: ServingClient, name: str, png: bytes, version: int |
     buf = io.BytesIO()
     overlay.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+MANUFACTURER = "bcimaging"
+
+
+def dicom_report(deployed: Deployed, upload: Upload, answers: list[dict], ensemble_: dict | None = None) -> bytes:
+    """The answers (and the cohort ensemble's, when it answered) as a TID 1500 SR on the
+    uploaded DICOM image (gateway.dicom_sr), Part 10 bytes; each model signed with its card's
+    SHA-256, the card of the version that answered."""
+    if upload.dicom is None:
+        raise UploadError(406, "a DICOM report (Accept: application/dicom) answers DICOM uploads only: "
+                               "send the image as a DICOM Part 10 file, or accept application/json")
+    results = [dicom_sr.ModelResult(a["model"], a["version"], _card_sha256(deployed, a["model"], a["version"]),
+                                    a["probability"], a["threshold"], bool(a["label"]))
+               for a in answers if "probability" in a]
+    if ensemble_ and ensemble_.get("available"):
+        entry = (deployed.card(answers[0]["model"]) or {}).get("cohort_ensemble", {})
+        results.append(dicom_sr.ModelResult(
+            ensemble_["model"], None, entry.get("id", ""), ensemble_["probability"], ensemble_["threshold"],
+            bool(ensemble_["label"]), tuple(f"{a['model']}:{a['version']}" for a in answers if "version" in a)))
+    return dicom_sr.to_bytes(dicom_sr.build_sr(upload.dicom, results, manufacturer=MANUFACTURER,
+                                               software_version=_software_version()))
+
+
+def _card_sha256(deployed: Deployed, name: str, version: int) -> str:
+    from serving import repository
+
+    return hashlib.sha256((deployed.root / name / str(version) / repository.CARD).read_bytes()).hexdigest()
+
+
+def _software_version() -> str:
+    try:
+        return importlib.metadata.version("bcimaging")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -29,6 +29,7 @@ class GatewayConfig:
     max_decodes: int = 2                   # images decoded at once per process (memory, not speed)
     canary_percent: float = 0.0            # share of a model's predictions sent to its canary (KServe's canaryTrafficPercent)
     canary_seed: int | None = None         # seeds the traffic split (tests); None: from the OS
+    repository_refresh_s: float = 1.0      # cards and labels are re-read at most this often
 
 
 class Metrics:
@@ -97,16 +98,17 @@ class GatewayState:
     _in_flight: int = 0
     _idle: threading.Condition = field(default_factory=threading.Condition)
 
-    def read_upload(self, request, model_size: int | None = None) -> Upload:
-        """The request's image for a model of input ``model_size``; at most ``max_decodes``
-        decode at once, so concurrent large uploads cannot multiply the decode memory."""
+    def read_upload(self, request, model_size: int | None = None, modality: str | None = None) -> Upload:
+        """The request's image for a model of input ``model_size`` and ``modality`` (a DICOM
+        upload must be an image of that modality); at most ``max_decodes`` decode at once, so
+        concurrent large uploads cannot multiply the decode memory."""
         with self.decodes:
-            return read_image(request, self.config.max_upload_bytes, self.config.max_pixels, model_size)
+            return read_image(request, self.config.max_upload_bytes, self.config.max_pixels, model_size, modality)
 
-    def prepare_image(self, data: bytes, model_size: int | None = None) -> Upload:
+    def prepare_image(self, data: bytes, model_size: int | None = None, modality: str | None = None) -> Upload:
         """As read_upload, for image bytes that came another way (the v2 protocol's tensors)."""
         with self.decodes:
-            return prepare(data, self.config.max_upload_bytes, self.config.max_pixels, model_size)
+            return prepare(data, self.config.max_upload_bytes, self.config.max_pixels, model_size, modality)
 
     def begin(self) -> None:
         with self._idle:
@@ -125,7 +127,7 @@ class GatewayState:
 
 def init_app(app: Flask, config: GatewayConfig) -> GatewayState:
     client = ServingClient(config.serving, config.deadline_s, config.retries)
-    state = GatewayState(config, Deployed(config.model_repo), client, Metrics(),
+    state = GatewayState(config, Deployed(config.model_repo, config.repository_refresh_s), client, Metrics(),
                          threading.BoundedSemaphore(config.max_decodes), Router(config.canary_percent, config.canary_seed))
     app.extensions["gateway"] = state
     return state

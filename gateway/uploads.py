@@ -1,7 +1,12 @@
 """Uploads: read in memory (never written to disk), checked by content, not by extension.
 
 Accepted: PNG, JPEG, BMP (and PGM/TIFF), grayscale, RGB, CMYK or 16-bit, up to a byte limit
-and a pixel limit (a decompression bomb is refused before it is decoded). The image is
+and a pixel limit (a decompression bomb is refused before it is decoded), and DICOM Part 10
+images (``application/dicom``: mammography MG, ultrasound US), read by components.dicom with the
+model's modality, so its allow-list of SOP classes applies, through the standard's pixel path to
+8 bits. A DICOM file that is sound but not an image the model reads (a Structured Report, an
+ultrasound image sent to a mammography model) is 422; its header (without pixels) stays with the
+upload for a report that refers to it. The image is
 re-encoded as 8-bit PNG for the model server, so every model sees the same kind of input, and
 no larger than the model needs: its longer side at most ``transport_side(model_size)``. Images
 that size or smaller (every image of the datasets here) reach the model unchanged, so the
@@ -17,20 +22,24 @@ import binascii
 import io
 from dataclasses import dataclass
 
+import pydicom
 from flask import Request
 
-from components import images, inputstats
+from components import dicom, images, inputstats
 
 
 @dataclass(frozen=True)
 class Upload:
     png: bytes          # what the model server gets
     stats: dict         # components.inputstats of the image as received (the drift histograms)
+    dicom: pydicom.Dataset | None = None     # a DICOM upload's header, without pixels (for an SR)
 
 
 # PNG modes whose pixels TensorFlow's decoder gives exactly as Pillow does (8-bit gray or RGB);
 # 16-bit, palette, alpha and the rest are re-encoded after the gateway's own conversion
 PASS_THROUGH_MODES = ("L", "RGB")
+ACCEPTED = "Upload a PNG, JPEG or BMP image, or a DICOM image (mammography MG, ultrasound US)."
+DICOM_TYPE = "application/dicom"
 
 
 def transport_side(model_size: int) -> int:
@@ -51,29 +60,41 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
-def read_image(request: Request, max_bytes: int, max_pixels: int, model_size: int | None = None) -> Upload:
-    """The uploaded image as 8-bit PNG bytes for a model of input ``model_size`` (and its
-    statistics), or UploadError saying what was wrong."""
-    return prepare(_raw_bytes(request), max_bytes, max_pixels, model_size)
+def read_image(request: Request, max_bytes: int, max_pixels: int, model_size: int | None = None,
+               modality: str | None = None) -> Upload:
+    """The uploaded image as 8-bit PNG bytes for a model of input ``model_size`` and
+    ``modality`` (and its statistics), or UploadError saying what was wrong."""
+    return prepare(_raw_bytes(request), max_bytes, max_pixels, model_size, modality)
 
 
-def prepare(data: bytes, max_bytes: int, max_pixels: int, model_size: int | None = None) -> Upload:
+def prepare(data: bytes, max_bytes: int, max_pixels: int, model_size: int | None = None,
+            modality: str | None = None) -> Upload:
     """Image file bytes -> the 8-bit PNG the model server gets, or UploadError."""
     if len(data) > max_bytes:
         raise UploadError(413, f"the image is {len(data):,} bytes; the limit is {max_bytes:,}")
-    try:
-        decoded = images.decode(data, max_pixels)
-    except images.ImageRejected as e:
-        reason = str(e)
-        status = 413 if reason.startswith("image too large") else 415 if reason.startswith("unsupported") else 400
-        raise UploadError(status, f"{reason}. Upload a PNG, JPEG or BMP image.") from None
+    decoded, header = _decode(data, max_pixels, modality)
     stats = inputstats.of(decoded.pixels)
     fitted = decoded.fit(transport_side(model_size)) if model_size else decoded
     if fitted is decoded and decoded.source_format == "PNG" and decoded.source_mode in PASS_THROUGH_MODES:
         # an 8-bit PNG already within the transport size, checked and fully decoded: the model
         # server decodes these very bytes to the same pixels, so they go as they came
         return Upload(data, stats)
-    return Upload(fitted.png(compress_level=1), stats)   # a transport copy: fast to write, lossless
+    return Upload(fitted.png(compress_level=1), stats, header)   # a transport copy: fast to write, lossless
+
+
+def _decode(data: bytes, max_pixels: int, modality: str | None) -> tuple[images.DecodedImage, pydicom.Dataset | None]:
+    """(8-bit pixels, the DICOM header or None): DICOM recognised by content, as every format."""
+    try:
+        if dicom.is_dicom(data):
+            read = dicom.read(data, modality, max_pixels)
+            return read.image, read.dataset
+        return images.decode(data, max_pixels), None
+    except dicom.WrongKind as e:
+        raise UploadError(422, f"{e}. {ACCEPTED}") from None
+    except images.ImageRejected as e:
+        reason = str(e)
+        status = 413 if reason.startswith("image too large") else 415 if reason.startswith("unsupported") else 400
+        raise UploadError(status, f"{reason}. {ACCEPTED}") from None
 
 
 def _raw_bytes(request: Request) -> bytes:
@@ -84,6 +105,8 @@ def _raw_bytes(request: Request) -> bytes:
             hint = f" (received field(s): {', '.join(names)})" if names else ""
             raise UploadError(400, f"no file in the form field 'image'{hint}")
         return upload.read()
+    if request.mimetype == DICOM_TYPE:        # a Part 10 file as the whole body
+        return request.get_data(cache=False)
     if request.is_json:
         try:
             body = request.get_json(silent=True)
@@ -95,5 +118,5 @@ def _raw_bytes(request: Request) -> bytes:
             return base64.b64decode(body["image"]["b64"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise UploadError(400, "image.b64 is not valid base64") from None
-    raise UploadError(415, "send the image as multipart/form-data (field 'image') or as JSON "
-                           '{"image": {"b64": ...}}')
+    raise UploadError(415, "send the image as multipart/form-data (field 'image'), as JSON "
+                           '{"image": {"b64": ...}}, or a DICOM file as the body with Content-Type application/dicom')

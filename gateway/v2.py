@@ -8,6 +8,8 @@ clients of KServe, Triton and Seldon MLServer (e.g. ``tritonclient.http``) work 
     POST /v2/models/<m>[/versions/<v>]/infer      input image_bytes (BYTES, shape [n]) -> probability
                                                   (FP32), label (INT64), threshold (FP32)
 
+Each BYTES element is an image file: PNG, JPEG, BMP or a DICOM Part 10 image (gateway.uploads).
+
 Tensor data travel as JSON (BYTES elements base64-encoded) or, with the binary tensor data
 extension, as raw bytes after the JSON header (``Inference-Header-Content-Length``). Two more
 extensions, advertised in the server metadata: ``bcimaging_explain``
@@ -184,14 +186,15 @@ def _bytes_elements(tensor: dict, binary: bytes, offset: int) -> tuple[list[byte
     return elements, offset
 
 
-def _images(parsed: dict, binary: bytes, model_size: int) -> list:
-    """The request's images as gateway.uploads.Upload (PNG for the model server, statistics)."""
+def _images(parsed: dict, binary: bytes, model_size: int, modality: str) -> list:
+    """The request's images (any accepted format, DICOM included) as gateway.uploads.Upload
+    (PNG for the model server, statistics)."""
     inputs = parsed.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise BadRequest(f"inputs must be a list with the one input {INPUT!r}")
     elements, _ = _bytes_elements(inputs[0], binary, 0)
     state = current()
-    return [state.prepare_image(e, model_size) for e in elements]
+    return [state.prepare_image(e, model_size, modality) for e in elements]
 
 
 def _respond(parsed: dict, name: str, version: str | None, outputs: dict[str, tuple[str, np.ndarray]],
@@ -239,13 +242,13 @@ def _predict(name: str, version: str | None, signature: str = "serving_default")
     """(parsed request, Prediction) of one model on the request's images."""
     card = _card(name)
     parsed, binary = _read_request()
-    uploads = _images(parsed, binary, card["image_size"])
+    images = _images(parsed, binary, card["image_size"], card["modality"])
     state = current()
-    prediction, label = service.route(state, name, [u.png for u in uploads], signature, _check_version(name, version))
+    prediction, label = service.route(state, name, [u.png for u in images], signature, _check_version(name, version))
     state.deployed.note_served(name, prediction.version)
-    state.metrics.predictions.labels(name).inc(len(uploads))
+    state.metrics.predictions.labels(name).inc(len(images))
     if signature == "serving_default":
-        for u, p in zip(uploads, prediction.outputs["probability"]):
+        for u, p in zip(images, prediction.outputs["probability"]):
             state.metrics.observe(name, prediction.version, label, float(p), u.stats)
     return parsed, prediction
 
@@ -272,10 +275,10 @@ def compare(modality, strategy):
     if not names:
         raise errors.NotDeployed(f"no cohort {modality}/{strategy} is deployed")
     parsed, binary = _read_request()
-    uploads = _images(parsed, binary, max(state.deployed.card(n)["image_size"] for n in names))
-    if len(uploads) != 1:
+    images = _images(parsed, binary, max(state.deployed.card(n)["image_size"] for n in names), modality)
+    if len(images) != 1:
         raise BadRequest("a compare takes one image (shape [1])")
-    result = service.compare(state, names, uploads[0])
+    result = service.compare(state, names, images[0])
     answered = [r for r in result["models"] if "error" not in r]
     outputs = {"model": ("BYTES", np.array([r["model"].encode() for r in answered], dtype=object)),
                "probability": ("FP32", np.array([r["probability"] for r in answered], np.float32)),

@@ -72,17 +72,28 @@ class ServingClient:
         return self.channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
                                         response_deserializer=response_class.FromString)
 
-    def _call(self, method, request, deadline: float):
+    def _remaining(self, deadline: float) -> float:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ServingUnavailable(f"model server at {self.target} did not answer within {self.deadline_s:g} s")
-        return method.future(request, timeout=remaining)
+        return remaining
 
-    def _result(self, future, method, request, deadline: float):
+    def _call(self, method, request, deadline: float):
+        return method.future(request, timeout=self._remaining(deadline))
+
+    def _blocking(self, method, request, deadline: float):
+        """One call answered on this thread: a future costs a thread start (gRPC's channel spin
+        thread, when no other call is pending) and a hand-off back, about a millisecond on a
+        loaded machine; parallel calls (predict_many) still use futures."""
+        return self._result(lambda: method(request, timeout=self._remaining(deadline)), method, request, deadline)
+
+    def _result(self, answer, method, request, deadline: float):
+        """``answer()`` (a pending future's ``result`` or a blocking call), retried on UNAVAILABLE
+        by blocking calls with back-off within the deadline."""
         attempt = 0
         while True:
             try:
-                return future.result()
+                return answer()
             except grpc.RpcError as e:
                 code = e.code()
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -91,7 +102,7 @@ class ServingClient:
                             time.monotonic() + self.backoff_s * attempt >= deadline:
                         raise ServingUnavailable(f"model server at {self.target} is unavailable ({e.details()})") from e
                     time.sleep(self.backoff_s * attempt)
-                    future = self._call(method, request, deadline)
+                    answer = lambda: method(request, timeout=self._remaining(deadline))  # noqa: E731
                     continue
                 raise ServingRejected(code, e.details()) from e
 
@@ -112,7 +123,7 @@ class ServingClient:
         """One call with a batch of images (outputs have one row per image)."""
         deadline = time.monotonic() + self.deadline_s
         request = self._request(model, images, signature, version_label, version)
-        response = self._result(self._call(self._predict, request, deadline), self._predict, request, deadline)
+        response = self._blocking(self._predict, request, deadline)
         return Prediction(response.model_spec.name, response.model_spec.version.value,
                           {k: to_numpy(v) for k, v in response.outputs.items()})
 
@@ -127,7 +138,7 @@ class ServingClient:
         results: list[Prediction | Exception] = []
         for future, request in zip(pending, requests):
             try:
-                response = self._result(future, self._predict, request, deadline)
+                response = self._result(future.result, self._predict, request, deadline)
                 results.append(Prediction(response.model_spec.name, response.model_spec.version.value,
                                           {k: to_numpy(v) for k, v in response.outputs.items()}))
             except (ServingUnavailable, ServingRejected) as e:
@@ -136,16 +147,13 @@ class ServingClient:
 
     def predict(self, model: str, image: bytes, signature: str = "serving_default",
                 version_label: str | None = None) -> Prediction:
-        result = self.predict_many([model], image, signature, version_label)[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return self.predict_batch(model, [image], signature, version_label=version_label)
 
     def status(self, model: str) -> list[tuple[int, str]]:
         request = protos.GetModelStatusRequest()
         request.model_spec.name = model
         deadline = time.monotonic() + self.deadline_s
-        response = self._result(self._call(self._status, request, deadline), self._status, request, deadline)
+        response = self._blocking(self._status, request, deadline)
         return [(s.version, protos.VersionState.values_by_number[s.state].name) for s in response.model_version_status]
 
     def metadata(self, model: str):
@@ -153,7 +161,7 @@ class ServingClient:
         request = protos.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.name = model
         deadline = time.monotonic() + self.deadline_s
-        response = self._result(self._call(self._metadata, request, deadline), self._metadata, request, deadline)
+        response = self._blocking(self._metadata, request, deadline)
         sig_map = protos.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sig_map)
         return sig_map

@@ -25,7 +25,7 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # spread: the first group on one worker, operations and serving after the pipeline tests on the
 # other, once the models are built (LATE modules are collected last).
 WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway", "test_gateway_process",
-                                                   "test_gateway_v2", "test_pages_browser",
+                                                   "test_gateway_v2", "test_gateway_dicom", "test_pages_browser",
                                                    "test_train_evaluate_export")},
                  **{m: "pipeline-run" for m in ("test_pipelines", "test_operations", "test_serving")}}
 LATE = ("test_operations", "test_serving")
@@ -182,7 +182,8 @@ def live_gateway(pipeline_outputs, root: Path, **server_options):
     for name in ULTRASOUND_UNFROZEN:
         repository.push(pipeline_outputs[name] / "saved_model", root)
     model_server = Server(root, port=0, **server_options)
-    _, http = gateway_server(GatewayConfig(root, f"127.0.0.1:{model_server.port}", deadline_s=20), "127.0.0.1", 0)
+    _, http = gateway_server(GatewayConfig(root, f"127.0.0.1:{model_server.port}", deadline_s=20,
+                                                repository_refresh_s=0), "127.0.0.1", 0)
     threading.Thread(target=http.run, daemon=True).start()
     try:
         yield model_server, f"127.0.0.1:{http.effective_port}"

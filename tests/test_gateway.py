@@ -31,7 +31,7 @@ def stack(pipeline_outputs, tmp_path_factory):
         repository.push(out / "saved_model", root)
     server = Server(root, port=0, poll_seconds=1.0)
     app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", max_upload_bytes=2 * 1024 * 1024,
-                                   deadline_s=3.0))
+                                   deadline_s=3.0, repository_refresh_s=0))
     yield {"root": root, "server": server, "app": app, "client": app.test_client()}
     server.stop()
 
@@ -63,6 +63,21 @@ def test_model_list_routes_come_from_the_repository(stack):
     card = next(m for m in body["models"] if m["name"] == NAME)
     assert card["label_names"] == ["Benign or normal", "Malignant"] and "roc_auc" in card["test_metrics"]
 
+
+def test_cards_are_listed_again_only_after_the_refresh_interval(stack, pipeline_outputs, tmp_path):
+    """The repository listing is reused for ``refresh_s`` (it cost ~1.5 ms a call, several calls
+    a request), and read again after it: a push shows within the interval."""
+    from gateway.deployed import Deployed
+
+    root = tmp_path / "repo"
+    repository.push(pipeline_outputs[NAME] / "saved_model", root)
+    deployed = Deployed(root, refresh_s=3600)
+    assert list(deployed.cards()) == [NAME]
+    other = "ultrasound-vgg16-unfrozen"
+    repository.push(pipeline_outputs[other] / "saved_model", root)
+    assert list(deployed.cards()) == [NAME]                     # within the interval: the listing held
+    deployed.refresh_s = 0.0                                    # the interval has passed
+    assert sorted(deployed.cards()) == sorted([NAME, other])    # read again
 
 def test_single_prediction_multipart_and_json_match_the_model_server(stack, upload):
     c = stack["client"]
@@ -105,7 +120,8 @@ def test_no_ensemble_answer_for_members_of_different_runs(pipeline_outputs, uplo
     card_path.write_text(json.dumps(card))
     server = Server(root, port=0)
     try:
-        client = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", deadline_s=3.0)).test_client()
+        client = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", deadline_s=3.0,
+                                          repository_refresh_s=0)).test_client()
         r = client.post("/api/v1/cohorts/ultrasound/unfrozen:compare", **_multipart(upload))
         assert r.status_code == 200 and len(r.json["models"]) == 3
         assert r.json["ensemble"] == {"available": False, "reason": "the served versions come from different pipeline "

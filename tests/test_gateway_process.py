@@ -1,4 +1,3 @@
-import pytest
 """The gateway as it runs in production (waitress, `python -m gateway`): slow clients cannot
 starve it, SIGTERM drains, and uploads reach the model server no larger than needed."""
 import base64
@@ -160,7 +159,8 @@ def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipel
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (2, "END") not in client.status(NAME):
             time.sleep(0.2)
-        app = create_app(GatewayConfig(root, f"127.0.0.1:{model_server.port}")).test_client()
+        app = create_app(GatewayConfig(root, f"127.0.0.1:{model_server.port}",
+                                                repository_refresh_s=0)).test_client()
         assert app.get("/readyz").status_code == 200
         (listed,) = app.get("/api/v1/models").json["models"]
         assert listed["version"] == 1 and listed["threshold"] == card["threshold"]

@@ -151,7 +151,8 @@ def test_canary_gets_its_share_of_traffic_and_every_answer_names_its_version(pip
     repository.push(_variant(pipeline_outputs, tmp_path, "v2"), root, canary=BLESSED)
     server = Server(root, port=0, poll_seconds=0.5)
     try:
-        app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", deadline_s=20, canary_percent=30, canary_seed=1))
+        app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", deadline_s=20, canary_percent=30, canary_seed=1,
+                                            repository_refresh_s=0))
         client = app.test_client()
         png = _png(sample_splits, "ultrasound", 1)[0]
 

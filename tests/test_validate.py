@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from components import cli, records, schema, split, validate
+from components import cli, records, schema, validate
 
 
 def test_sample_splits_validate_with_reports(sample_splits, tmp_path):
