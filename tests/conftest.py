@@ -25,7 +25,7 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # spread: the first group on one worker, operations and serving after the pipeline tests on the
 # other, once the models are built (LATE modules are collected last).
 WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway", "test_gateway_process",
-                                                   "test_gateway_v2", "test_gateway_dicom", "test_pages_browser",
+                                                   "test_gateway_v2", "test_gateway_dicom", "test_dicom_node", "test_pages_browser",
                                                    "test_train_evaluate_export")},
                  **{m: "pipeline-run" for m in ("test_pipelines", "test_operations", "test_serving")}}
 LATE = ("test_operations", "test_serving")

@@ -1,0 +1,424 @@
+"""The DICOM node (gateway.dicom_node): what it takes by C-STORE and STOW-RS, what it refuses,
+how it groups a study, and the round trip through a real Orthanc and the real gateway: the
+PACS sends an image, the node asks the gateway, and the PACS holds the report."""
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import highdicom as hd
+import pydicom
+import pytest
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from gateway import dicom_sr
+from gateway.dicom_node import Node, NodeConfig, admission
+from gateway.dicom_node.pacs import DicomWebStore, DimseStore
+from gateway.dicom_node.inbox import tag
+from gateway.dicom_node.report import Reporter, Retry, Transient, referenced_instances
+from gateway.dicom_node.stow import split_multipart
+from tests import dciodvfy, dicom_fixtures, orthanc
+
+NODE_AET = "NODE_AET"
+IMAGE_CLASSES = admission.STORAGE_CLASSES
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+@contextmanager
+def running_node(report=None, **options):
+    """The node in this process on free loopback ports; ``report`` gets each quiet batch."""
+    settings = dict(ae_title=NODE_AET, gateway="http://127.0.0.1:9", store=None, dicom_port=0, http_port=0,
+                    quiet_s=30.0, retry=Retry(3, 0.0, sleep=lambda s: None))
+    node = Node(NodeConfig(**{**settings, **options}), report=report or (lambda batch: None)).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def scu(called: str = NODE_AET, calling: str = "TEST_SCU") -> AE:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 10
+    for sop_class in IMAGE_CLASSES:
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    return ae
+
+
+def c_store(port: int, *instances: bytes, called: str = NODE_AET) -> list[int]:
+    """The C-STORE status of each instance, sent over one association."""
+    assoc = scu().associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established, "association refused"
+    try:
+        return [int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status) for data in instances]
+    finally:
+        assoc.release()
+
+
+def stow(port: int, *parts: bytes, content_type: str = 'multipart/related; type="application/dicom"'):
+    boundary = "node-test-boundary-7f3a"
+    body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), p) for p in parts)
+    body += b"--%s--\r\n" % boundary.encode()
+    return requests.post(f"http://127.0.0.1:{port}/studies", data=body, timeout=30,
+                         headers={"Content-Type": f"{content_type}; boundary={boundary}"})
+
+
+def mammogram(study: str | None = None, view: str = "CC", **attributes) -> bytes:
+    return dicom_fixtures.mammogram(view=view, **({"StudyInstanceUID": study} if study else {}), **attributes)
+
+
+def wait_for(condition, timeout_s: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def model_result(probability: float = 0.25) -> dicom_sr.ModelResult:
+    return dicom_sr.ModelResult("mammography-resnet50-progressive", 1, "ab" * 32, probability, 0.5, probability >= 0.5)
+
+
+@contextmanager
+def fake_gateway(answer):
+    """A stand-in for the gateway's compare endpoint: ``answer(request, header)`` gives the
+    response (the default a real SR from gateway.dicom_sr); every request is recorded."""
+    seen = []
+
+    @Request.application
+    def app(request):
+        header = pydicom.dcmread(io.BytesIO(request.get_data()), stop_before_pixels=True)
+        seen.append((request.path, request.headers.get("Accept"), header.SOPInstanceUID))
+        return answer(request, header)
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+
+
+def sr_answer(request, header):
+    sr = dicom_sr.build_sr(header, [model_result()], manufacturer="bcimaging", software_version="test")
+    return Response(dicom_sr.to_bytes(sr), 200, content_type="application/dicom")
+
+
+class RecordingStore:
+    """A PACS in a list; ``fail_first`` puts fail with a Transient first."""
+
+    def __init__(self, fail_first: int = 0):
+        self.puts, self.sources, self.fail_first = [], [], fail_first
+
+    def put(self, datasets):
+        self.puts.append([str(ds.SOPInstanceUID) for ds in datasets])
+        self.sources.append(set().union(*(referenced_instances(ds) for ds in datasets)))
+        if len(self.puts) <= self.fail_first:
+            raise Transient("the PACS is restarting")
+
+
+# -- the node alone: its doors -----------------------------------------------------------------
+
+def test_an_association_calling_another_ae_title_is_rejected():
+    with running_node() as node:
+        wrong = scu().associate("127.0.0.1", node.dicom_port, ae_title="SOMEONE_ELSE")
+        assert wrong.is_rejected and not wrong.is_established
+        right = scu().associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET)
+        assert right.is_established
+        right.release()
+
+
+def test_more_associations_than_the_bound_are_rejected():
+    with running_node(max_associations=2) as node:
+        held = [scu().associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET) for _ in range(2)]
+        try:
+            assert all(a.is_established for a in held)
+            third = scu().associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET)
+            assert third.is_rejected
+            # the rejection is "transient, local limit exceeded" (PS3.8 9.3.4): try again later
+            assert (third.acceptor.primitive.result, third.acceptor.primitive.result_source,
+                    third.acceptor.primitive.diagnostic) == (0x02, 0x03, 0x02)
+        finally:
+            for a in held:
+                a.release()
+        again = scu().associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET)
+        assert again.is_established
+        again.release()
+
+
+def test_the_byte_budget_refuses_with_out_of_resources_and_frees_once_reported():
+    first, second, third = mammogram(), mammogram(), mammogram()
+    batches = []
+    with running_node(report=batches.append, budget_bytes=int(len(first) * 1.5), quiet_s=1.0) as node:
+        assert c_store(node.dicom_port, first, second) == [admission.SUCCESS, admission.OUT_OF_RESOURCES]
+        refused = stow(node.http_port, third)
+        assert refused.status_code == 409
+        (failure,) = pydicom.Dataset.from_json(refused.json()).FailedSOPSequence
+        assert failure.FailureReason == admission.OUT_OF_RESOURCES
+        assert failure.ReferencedSOPInstanceUID == pydicom.dcmread(io.BytesIO(third)).SOPInstanceUID
+        wait_for(lambda: batches and node.inbox.status()["held_bytes"] == 0, what="the first study reported")
+        assert c_store(node.dicom_port, second) == [admission.SUCCESS]      # the budget is free again
+
+
+def test_stow_rs_takes_a_multipart_body_and_lists_what_it_refused():
+    study = generate_uid()
+    images = [mammogram(study, "CC"), mammogram(study, "MLO")]
+    with running_node() as node:
+        # dicomweb-client, as a PACS or a script would send them
+        client = DICOMwebClient(f"http://127.0.0.1:{node.http_port}")
+        response = client.store_instances([pydicom.dcmread(io.BytesIO(d)) for d in images])
+        taken = {str(item.ReferencedSOPInstanceUID) for item in response.ReferencedSOPSequence}
+        assert taken == {str(pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID) for d in images}
+        assert node.inbox.status()["instances_waiting"] == 2
+        mixed = stow(node.http_port, mammogram(), dicom_fixtures.comprehensive_sr(), b"not dicom")
+        assert mixed.status_code == 202
+        answer = pydicom.Dataset.from_json(mixed.json())
+        assert len(answer.ReferencedSOPSequence) == 1
+        assert sorted(f.FailureReason for f in answer.FailedSOPSequence) == [admission.SOP_CLASS_NOT_SUPPORTED,
+                                                                             admission.CANNOT_UNDERSTAND]
+        metadata = stow(node.http_port, b"{}", content_type='multipart/related; type="application/dicom+json"')
+        assert metadata.status_code == 415
+        assert requests.get(f"http://127.0.0.1:{node.http_port}/healthz", timeout=5).json()["instances_waiting"] == 3
+
+
+def test_a_multipart_body_is_split_exactly_at_its_boundaries():
+    content = b"\r\n--not-the-boundary\r\n\x00\xff\r\n"            # binary, with lines that look like ones
+    body = b"preamble\r\n--b1\r\nContent-Type: application/dicom\r\n\r\n" + content + b"\r\n--b1\r\n\r\nx\r\n--b1--\r\n"
+    assert split_multipart(body, "b1") == [("application/dicom", content), ("application/dicom", b"x")]
+
+
+def test_the_quiet_period_groups_the_instances_of_a_study_into_one_batch():
+    study = generate_uid()
+    batches = []
+    with running_node(report=batches.append, quiet_s=1.5) as node:
+        assert c_store(node.dicom_port, mammogram(study, "CC")) == [admission.SUCCESS]
+        time.sleep(0.8)                                         # within the quiet period: the same batch
+        assert stow(node.http_port, mammogram(study, "MLO")).status_code == 200
+        assert c_store(node.dicom_port, mammogram()) == [admission.SUCCESS]          # another study
+        time.sleep(0.9)
+        assert batches == [], "a study was handed on before it had been quiet for 1.5 s"
+        wait_for(lambda: len(batches) == 2, what="two batches")
+    by_study = {b.study_uid: b for b in batches}
+    assert [i.sop_class_uid for i in by_study[study].instances] == [dicom_fixtures.MG_FOR_PRESENTATION] * 2
+    assert sum(len(b.instances) for b in batches) == 3 and all(b.instances[0].modality == "mammography" for b in batches)
+
+
+def test_a_uid_holding_dot_dot_is_refused_and_the_node_writes_no_file(monkeypatch):
+    """The node keeps instances in memory only; a UID never becomes a path (it is not even taken)."""
+    written, real_open, real_os_open = [], builtins.open, os.open
+
+    def watched_open(file, mode="r", *args, **kwargs):
+        if any(m in mode for m in "wax+"):
+            written.append(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def watched_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            written.append(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", watched_open)
+    monkeypatch.setattr(os, "open", watched_os_open)
+    evil = dicom_fixtures.traversal_uid()
+    with running_node() as node:
+        refused = stow(node.http_port, evil)
+        assert refused.status_code == 409
+        (failure,) = pydicom.Dataset.from_json(refused.json()).FailedSOPSequence
+        assert failure.FailureReason == admission.DOES_NOT_MATCH_SOP_CLASS
+        assert "ReferencedSOPInstanceUID" not in failure        # no "../" echoed back either
+        assert c_store(node.dicom_port, mammogram()) == [admission.SUCCESS]
+        assert node.inbox.status()["instances_waiting"] == 1
+    with pytest.raises(admission.Refused, match="invalid SOPInstanceUID"):
+        admission.admit(evil)
+    assert written == []
+
+
+# -- the node's reports: retries, and nothing half-done -----------------------------------------
+
+def test_reports_are_retried_and_a_study_is_stored_whole_or_not_at_all():
+    flaky_once, always_down, refused_image = set(), set(), set()
+
+    def answer(request, header):
+        uid = header.SOPInstanceUID
+        if uid in always_down:
+            return Response('{"error": "model server unavailable"}', 503, content_type="application/json",
+                            headers={"Retry-After": "0"})
+        if uid in refused_image:
+            return Response('{"error": "not an image this model reads"}', 422, content_type="application/json")
+        if uid in flaky_once:
+            flaky_once.discard(uid)
+            return Response('{"error": "busy"}', 503, content_type="application/json")
+        return sr_answer(request, header)
+
+    good, flaky, down, wrong = (mammogram() for _ in range(4))
+    same_study = generate_uid()
+    mixed = [mammogram(same_study), mammogram(same_study)]
+    uid = {d: str(pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID) for d in (good, flaky, down, wrong, *mixed)}
+    flaky_once.add(uid[flaky])
+    always_down.add(uid[mixed[1]])
+    refused_image.add(uid[wrong])
+    with fake_gateway(answer) as (url, seen):
+        store = RecordingStore(fail_first=1)
+        reporter = Reporter(url, {"mammography": "progressive"}, store, Retry(3, 0.0, sleep=lambda s: None))
+        with running_node(report=reporter, quiet_s=0.3) as node:
+            assert c_store(node.dicom_port, good, flaky, wrong, *mixed) == [admission.SUCCESS] * 5
+            wait_for(lambda: node.inbox.status()["held_bytes"] == 0 and len(seen) >= 8, what="every batch reported")
+    assert {path for path, _, _ in seen} == {"/api/v1/cohorts/mammography/progressive:compare"}
+    assert {accept for _, accept, _ in seen} == {"application/dicom"}
+    stored = [set(p) for p in store.puts]
+    reported = set().union(*stored)
+    # the flaky image was asked again; the refused image and the study with a failing image got nothing
+    assert sum(1 for *_, u in seen if u == uid[flaky]) == 2 and sum(1 for *_, u in seen if u == uid[mixed[1]]) == 3
+    assert len(reported) == 2, "good and flaky: one SR each; none for the refused image or the failing study"
+    assert set().union(*store.sources) == {uid[good], uid[flaky]}
+    # the one failed put was retried with the same SR objects: same SOP Instance UIDs, no duplicate
+    assert stored[0] in stored[1:]
+
+
+def test_an_answer_that_is_not_a_report_on_the_image_is_not_filed():
+    other = pydicom.dcmread(io.BytesIO(mammogram()), stop_before_pixels=True)
+
+    def elsewhere(request, header):        # a report about another image, in another study
+        return sr_answer(request, other)
+
+    def json_only(request, header):        # a gateway without the Accept path
+        return Response('{"models": []}', 200, content_type="application/json")
+
+    for answer, reason in [(elsewhere, "not in the image's study"), (json_only, "not a DICOM SR")]:
+        with fake_gateway(answer) as (url, _):
+            reporter = Reporter(url, {"mammography": "progressive"}, RecordingStore())
+            instance = admission.admit(mammogram())
+            with pytest.raises(Exception, match=reason):
+                reporter.ask(instance)
+
+
+# -- with a real PACS ---------------------------------------------------------------------------
+
+@orthanc.required
+@pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
+def test_orthanc_sends_an_image_and_receives_the_report(tmp_path, kind):
+    """Orthanc C-STOREs to the node; the node files the (stand-in gateway's) SR back, by STOW-RS
+    or by C-STORE, and Orthanc's QIDO-RS finds it in the image's study."""
+    node_port = orthanc.free_port()
+    with orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, \
+            fake_gateway(sr_answer) as (url, _):
+        store = DicomWebStore(archive.dicomweb) if kind == "dicomweb" else \
+            DimseStore(*archive.dicom, archive.aet, calling_aet=NODE_AET)
+        reporter = Reporter(url, {"mammography": "progressive"}, store, Retry(3, 0.5))
+        with running_node(report=reporter, dicom_port=node_port, quiet_s=0.5) as node:
+            image = mammogram()
+            header = pydicom.dcmread(io.BytesIO(image), stop_before_pixels=True)
+            archive.send("node", archive.upload(image))
+            client = DICOMwebClient(archive.dicomweb)
+            (found,) = wait_for(lambda: client.search_for_instances(
+                study_instance_uid=header.StudyInstanceUID, search_filters={"Modality": "SR"}), what="the SR in Orthanc")
+            wait_for(lambda: node.inbox.status()["held_bytes"] == 0, what="the batch released")
+        assert header.SOPInstanceUID in referenced_instances(_retrieve(client, found))
+
+
+# -- the round trip with the real gateway and model server --------------------------------------
+
+@orthanc.required
+@dciodvfy.required
+def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path):
+    """The trained models behind the real gateway; the node as a process (its command line);
+    Orthanc as the PACS. Two mammograms of one study and a sonogram of another go in; each gets
+    an SR in its own study that references it, says what the gateway's JSON API says of the same
+    image, and passes dciodvfy; the node's log names no patient."""
+    from serving import repository
+    from tests.conftest import live_gateway
+
+    root = tmp_path / "repo"
+    repository.push(pipeline_outputs["mammography-resnet50-progressive"] / "saved_model", root)
+    node_port, http_port = orthanc.free_port(), orthanc.free_port()
+    mg_study = generate_uid()
+    images = [mammogram(mg_study, "CC"), mammogram(mg_study, "MLO"), dicom_fixtures.ultrasound()]
+    log_path = tmp_path / "node.log"
+    with live_gateway(pipeline_outputs, root) as (_, gateway), \
+            orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.dicom_node", "--gateway", f"http://{gateway}",
+             "--store-to", "dicomweb", archive.dicomweb, "--ae-title", NODE_AET, "--dicom-port", str(node_port),
+             "--http-port", str(http_port), "--quiet-seconds", "2", "--retry-delay", "1",
+             "--strategy", "mammography=progressive", "--strategy", "ultrasound=unfrozen"],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            wait_for(lambda: _healthy(http_port), 60, "the node's /healthz")
+            for image in images:
+                archive.send("node", archive.upload(image))
+            client = DICOMwebClient(archive.dicomweb)
+            for image in images:
+                _check_report(client, image, f"http://{gateway}", "ultrasound/unfrozen"
+                              if pydicom.dcmread(io.BytesIO(image)).Modality == "US" else "mammography/progressive")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- the node's log ---\n{log_path.read_text()[-4000:]}") from None
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    log_text = log_path.read_text()
+    assert process.returncode == 0 and "Traceback" not in log_text, log_text[-3000:]
+    header = pydicom.dcmread(io.BytesIO(images[0]), stop_before_pixels=True)
+    for secret in (str(header.PatientName), str(header.PatientID), str(header.SOPInstanceUID), mg_study):
+        assert secret not in log_text, f"{secret!r} in the node's log"
+    assert tag(str(header.SOPInstanceUID)) in log_text and "stored 2 report(s)" in log_text
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _check_report(client: DICOMwebClient, image: bytes, gateway: str, cohort: str) -> None:
+    header = pydicom.dcmread(io.BytesIO(image), stop_before_pixels=True)
+    found = wait_for(lambda: [f for f in client.search_for_instances(
+        study_instance_uid=header.StudyInstanceUID, search_filters={"Modality": "SR"})
+        if header.SOPInstanceUID in referenced_instances(_retrieve(client, f))], 120, "the image's SR in Orthanc")
+    assert len(found) == 1, "one report per image"
+    report = _retrieve(client, found[0])
+    findings = dciodvfy.validate(_part10(report))
+    assert not findings.errors, findings.describe()
+    answer = requests.post(f"{gateway}/api/v1/cohorts/{cohort}:compare", data=image, timeout=60,
+                           headers={"Content-Type": "application/dicom", "Accept": "application/json"})
+    assert answer.status_code == 200, answer.text
+    compared = answer.json()
+    expected = {m["model"]: m["probability"] for m in compared["models"]}
+    if compared["ensemble"]["available"]:
+        expected[compared["ensemble"]["model"]] = compared["ensemble"]["probability"]
+    said = {}
+    for group in hd.sr.Comprehensive3DSR.from_dataset(report).content.get_image_measurement_groups():
+        (probability,) = group.get_measurements(name=codes.DCM.ProbabilityOfCancer)
+        said[group.tracking_identifier.rsplit(" ", 1)[0]] = probability.value     # "<model> <version>"
+    assert said.keys() == expected.keys()
+    for model, probability in expected.items():
+        assert said[model] == pytest.approx(probability, abs=1e-6), model
+
+
+_retrieved: dict[str, pydicom.Dataset] = {}
+
+
+def _retrieve(client: DICOMwebClient, found: dict) -> pydicom.Dataset:
+    uids = [found[t]["Value"][0] for t in ("0020000D", "0020000E", "00080018")]
+    if uids[2] not in _retrieved:
+        _retrieved[uids[2]] = client.retrieve_instance(*uids)
+    return _retrieved[uids[2]]
+
+
+def _part10(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
