@@ -47,6 +47,9 @@ IMAGE_CLASSES = {uid.DigitalMammographyXRayImageStorageForPresentation: ("mammog
                  uid.DigitalMammographyXRayImageStorageForProcessing: ("mammography", "MG"),
                  uid.UltrasoundImageStorage: ("ultrasound", "US"),
                  uid.UltrasoundMultiFrameImageStorage: ("ultrasound", "US")}
+# Secondary Capture (CBIS-DDSM's digitised films, many PACS exports): the product modality comes
+# from the instance's Modality, checked once the body is read
+SECONDARY_CAPTURE = {"MG": "mammography", "US": "ultrasound"}
 OUT_OF_SCOPE = {"histopathology": "DICOM is not read for histopathology: whole-slide microscopy (VL Whole Slide "
                                   "Microscopy Image Storage) is out of scope; send the patch as PNG or JPEG"}
 PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR"}
@@ -104,7 +107,7 @@ def _read(data, modality, max_pixels, max_bytes, frame, window) -> DicomImage:
     ds.buffer = None                  # the dataset must not keep the whole file alive
     if "SOPClassUID" not in ds:       # pydicom drops the whole data set when the file ends inside it
         raise DicomRejected("truncated or corrupt DICOM: the file ends before its data set does")
-    _check_kind(ds.SOPClassUID, ds.get("Modality"), modality)
+    _check_kind(ds.SOPClassUID, ds.get("Modality") or "", modality)
     _check_uids(ds)
     frames = _check_size(ds, meta.TransferSyntaxUID, max_pixels, max_bytes)
     index = frames // 2 if frame is None else frame
@@ -146,15 +149,23 @@ def _check_kind(sop_class: str | None, dicom_modality: str | None, modality: str
     if sop_class is None:
         raise DicomRejected("the DICOM file names no SOP Class UID")
     sop_class = uid.UID(sop_class)
+    if sop_class == uid.SecondaryCaptureImageStorage:
+        if dicom_modality is not None and dicom_modality not in SECONDARY_CAPTURE:
+            raise WrongKind(f"the DICOM file is a Secondary Capture of Modality {dicom_modality!r}; accepted: "
+                            f"{', '.join(SECONDARY_CAPTURE)}")
+        product = SECONDARY_CAPTURE.get(dicom_modality)
+        if modality is not None and product is not None and product != modality:
+            raise WrongKind(f"the DICOM file is a Secondary Capture of {product}; this model reads {modality}")
+        return
     if sop_class not in IMAGE_CLASSES:
         is_report = "SR" in sop_class.name.split()        # Basic Text / Enhanced / Comprehensive ... SR Storage
         what = "a Structured Report, not an image" if is_report else "not an image this product reads"
         raise WrongKind(f"the DICOM file is a {sop_class.name or sop_class} instance: {what} "
-                        "(accepted: Digital Mammography X-Ray and Ultrasound images)")
+                        "(accepted: Digital Mammography X-Ray and Ultrasound images, and Secondary Captures of them)")
     product, expected = IMAGE_CLASSES[sop_class]
     if modality is not None and product != modality:
         raise WrongKind(f"the DICOM file is {sop_class.name} ({product}); this model reads {modality}")
-    if dicom_modality is not None and dicom_modality != expected:
+    if dicom_modality and dicom_modality != expected:
         raise WrongKind(f"the DICOM file is {sop_class.name} but its Modality is {dicom_modality!r}, not {expected!r}")
 
 

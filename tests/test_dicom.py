@@ -243,3 +243,24 @@ def _seconds(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+def test_a_secondary_capture_is_read_by_its_modality():
+    """CBIS-DDSM's digitised films are Secondary Capture instances of Modality MG: read for
+    mammography, refused for ultrasound, and a Secondary Capture of another modality refused."""
+    pixels = fx.breast(seed=9)
+    sc = fx.mammogram(pixels, SOPClassUID=uid.SecondaryCaptureImageStorage)
+    assert np.array_equal(dicom.read(sc, "mammography").image.pixels, dicom.read(fx.mammogram(pixels)).image.pixels)
+    with pytest.raises(dicom.WrongKind, match="Secondary Capture of mammography"):
+        dicom.read(sc, "ultrasound")
+    for other in ("OT", None):
+        extra = {"Modality": other} if other else {}
+        data = fx.mammogram(pixels, SOPClassUID=uid.SecondaryCaptureImageStorage, **extra)
+        if other is None:                      # no Modality at all
+            ds = pydicom.dcmread(io.BytesIO(data))
+            del ds.Modality
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            data = buf.getvalue()
+        with pytest.raises(dicom.WrongKind, match="Secondary Capture of Modality"):
+            dicom.read(data, "mammography")
