@@ -12,6 +12,14 @@ kept in ``<out>.rejected/`` for inspection). Each record keeps the name of its s
     python -m components.extract --modality M --source DIR --manifest CSV --image-column C \
         --label-column C --label-map malignant=1,benign=0 [--patient-column C --path-template T] --out DIR
     python -m components.extract --modality M --sources SOURCES.json --out DIR
+    python -m components.extract --modality mammography --source DIR --format dicom --manifest CSV \
+        (--image-column C | --uid-column C [--uid-attribute SeriesInstanceUID]) --label-column C \
+        --label-map malignant=1,benign=0 [--patient-column C --abnormality-column C] --phi-key-file KEY --out DIR
+    python -m components.extract --modality mammography --source CBIS-DDSM/ --manifest-preset cbis-ddsm \
+        --phi-key-file KEY --out DIR
+
+A DICOM source's patients, files and UIDs reach no artifact in clear: its ids are keyed hashes
+(``components.phi``) under the key the run is given, and ``summary.json`` names the key by its id.
 """
 from __future__ import annotations
 
@@ -24,12 +32,13 @@ import io
 import json
 from pathlib import Path
 
-from components import catalog, cli, images, readers, schema, sources as sources_
+from components import catalog, cli, images, phi, readers, schema, sources as sources_
 from components.atomic import staged_dir, write_json, write_text
 from components.records import sha256_bytes, sha256_file, tfrecord_files
 
 INPUTS_HEADER = ["source", "source_id", "source_sha256", "patient_id", "label", "status", "record_sha256"]
 WRITTEN = "written"
+NO_BYTES = sha256_bytes(b"")
 
 
 def _csv_line(values) -> str:
@@ -63,8 +72,8 @@ class ConvertItem:
                 try:
                     if item.problem:
                         raise images.ImageRejected(item.problem)
-                    decoded = (images.from_raw_gray(item.data, *item.raw_shape) if item.raw_shape
-                               else images.decode(item.data, outer.max_pixels))
+                    decoded = item.decoded or (images.from_raw_gray(item.data, *item.raw_shape) if item.raw_shape
+                                               else images.decode(item.data, outer.max_pixels))
                 except Exception as e:      # any error reading one item quarantines that item only
                     reason = str(e) if isinstance(e, images.ImageRejected) else f"unreadable ({type(e).__name__}: {e})"
                     yield beam.pvalue.TaggedOutput("quarantine", _csv_line([source, item.source_id, reason]))
@@ -98,16 +107,21 @@ def _sorted_csv(path_without_suffix: Path, header: list[str]) -> Path:
 
 
 def run(modality: str, source, out: str | Path, max_quarantine: float = 0.01, num_shards: int = 0,
-        max_pixels: int = images.DEFAULT_MAX_PIXELS, beam_args: list[str] | None = None) -> dict:
+        max_pixels: int = images.DEFAULT_MAX_PIXELS, beam_args: list[str] | None = None,
+        phi_key: bytes | None = None) -> dict:
     """Extract ``source``: a path (one source in the modality's default format, named after its
-    folder), a :class:`components.sources.Source`, or a list of them."""
+    folder), a :class:`components.sources.Source`, or a list of them. ``phi_key`` pseudonymizes
+    DICOM sources (default: the environment's, ``components.phi.load_key``)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     spec = catalog.modality(modality)
     chosen = sources_.parse(source) if not isinstance(source, (str, Path)) or str(source).endswith(".json") \
         else [sources_.single(Path(source).resolve())]
-    readers_ = {s.name: s.reader(modality) for s in chosen}
+    pseudonymized = [s.name for s in chosen if s.needs_phi_key]
+    if pseudonymized and not phi_key:
+        phi_key = phi.load_key()
+    readers_ = {s.name: s.reader(modality, phi_key, max_pixels) for s in chosen}
     units = [(name, unit) for name, reader in readers_.items() for unit in reader.units()]
     empty = [name for name in readers_ if not any(n == name for n, _ in units)]
     if empty:
@@ -136,6 +150,9 @@ def run(modality: str, source, out: str | Path, max_quarantine: float = 0.01, nu
         inputs_csv = _sorted_csv(stage / "inputs", INPUTS_HEADER)
         _sorted_csv(stage / "quarantine", ["source", "source_id", "reason"])
         summary = summarize(inputs_csv, spec, chosen, readers_, started)
+        if pseudonymized:
+            summary["pseudonyms"] = {"sources": pseudonymized, "method": f"HMAC-SHA256, {phi.DIGITS} hex digits",
+                                     "key_id": phi.key_id(phi_key)}
         summary["shards"] = [p.name for p in tfrecord_files(stage)]
         write_json(stage / "summary.json", summary)
         rejected = Path(str(out) + ".rejected") / "quarantine.csv"
@@ -170,7 +187,8 @@ def summarize(inputs_csv: Path, spec: catalog.Modality, chosen: list, readers_: 
     rows = list(csv.DictReader(inputs_csv.open(newline="")))
     by_content = collections.defaultdict(list)
     for r in rows:
-        by_content[r["source_sha256"]].append(r)
+        if r["source_sha256"] != NO_BYTES:      # rows refused unread are no copies of one another
+            by_content[r["source_sha256"]].append(r)
     duplicates = [g for g in by_content.values() if len(g) > 1]
     label_conflicts = [[r["source_id"] for r in g] for g in duplicates if len({r["label"] for r in g}) > 1]
     skipped = [f"{name}/{s}" for name, reader in readers_.items() for s in reader.skipped()]
@@ -216,13 +234,27 @@ def source_from_args(args) -> list:
     if not args.source:
         raise cli.UserError("give --source PATH (or --sources FILE.json for several)")
     default_label = None if args.default_label.lower() == "none" else int(args.default_label)
-    fmt = args.source_format or ("manifest" if args.manifest else "")
-    options = {"format": fmt, "label_map": parse_label_map(args.label_map), "default_label": default_label}
-    if fmt == "manifest":
-        options.update(manifest=args.manifest or "", image_column=args.image_column or "",
-                       label_column=args.label_column or "", patient_column=args.patient_column or "",
-                       path_template=args.path_template)
+    preset = sources_.preset(args.manifest_preset) if args.manifest_preset else {}
+    fmt = args.source_format or preset.get("format") or ("manifest" if args.manifest else "")
+    options = {"format": fmt, "label_map": parse_label_map(args.label_map) or preset.get("label_map"),
+               "default_label": default_label}
+    if fmt in ("manifest", "dicom"):
+        options.update(_manifest_options(args, fmt, preset))
     return [sources_.single(Path(args.source).resolve(), args.source_name, **options)]
+
+
+def _manifest_options(args, fmt: str, preset: dict) -> dict:
+    """A manifest's options: the preset's, overridden by those given on the command line."""
+    manifests = tuple(args.manifest or preset.get("manifest") or ())
+    given = {"image_column": args.image_column, "label_column": args.label_column,
+             "patient_column": args.patient_column, "path_template": args.path_template}
+    if fmt == "dicom":
+        given.update(uid_column=args.uid_column, uid_attribute=args.uid_attribute,
+                     abnormality_column=args.abnormality_column)
+    options = {**{k: v for k, v in preset.items() if k in given}, **{k: v for k, v in given.items() if v is not None}}
+    # a dicom source takes a tuple of CSVs; a plain manifest one CSV, as before
+    options["manifest"] = manifests if fmt == "dicom" or len(manifests) > 1 else "".join(manifests)
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,11 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--label-map", help="class folders: folder=label pairs, e.g. malignant=1,benign=0,normal=0; "
                                         "manifest: value=label pairs of the label column")
     ap.add_argument("--default-label", default="0", help="class folders only: label of folders not in the map, or 'none' to quarantine them")
-    ap.add_argument("--manifest", help="a CSV listing the images (path or ID, label, patient), relative to --source")
+    ap.add_argument("--manifest", action="append", help="a CSV listing the images (path or ID, label, patient), "
+                                                         "relative to --source (dicom: repeat it for several)")
+    ap.add_argument("--manifest-preset", choices=list(sources_.PRESETS),
+                    help="the options of a dataset as published (cbis-ddsm: the four case-description CSVs); "
+                         "options given beside it win")
     ap.add_argument("--image-column", help="manifest: the column holding the image's path or ID")
-    ap.add_argument("--path-template", default="{}", help="manifest: the path of an image from its ID, e.g. 'Images/{}.png'")
+    ap.add_argument("--path-template", help="manifest: the path of an image from its ID, e.g. 'Images/{}.png'")
     ap.add_argument("--label-column", help="manifest: the column holding the label (mapped by --label-map)")
-    ap.add_argument("--patient-column", help="manifest: the column naming the patient (default: every image its own)")
+    ap.add_argument("--patient-column", help="manifest: the column naming the patient (default: every image its "
+                                             "own; dicom: the file's PatientID)")
+    ap.add_argument("--uid-column", help="dicom: the column naming the file by a UID (the cell, or its last path "
+                                         "part that is a UID) instead of --image-column")
+    ap.add_argument("--uid-attribute", choices=list(sources_.UID_ATTRIBUTES),
+                    help="dicom: the UID --uid-column holds (default SOPInstanceUID)")
+    ap.add_argument("--abnormality-column", help="dicom: rows of one file that differ in this column are its "
+                                                 "abnormalities: one record, positive when any of them is")
+    ap.add_argument("--phi-key-file", help=f"dicom: the secret key of the patient/file pseudonyms (at least "
+                                           f"{phi.MIN_KEY_BYTES} bytes; default ${phi.KEY_FILE_ENV} or ${phi.KEY_ENV})")
     ap.add_argument("--max-quarantine", type=float, default=0.01, help="fail when more than this fraction is quarantined (default 0.01)")
     ap.add_argument("--num-shards", type=int, default=0, help="TFRecord shards (0: the runner decides)")
     ap.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS)
@@ -252,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cli(args, beam_args):
     summary = run(args.modality, source_from_args(args), args.out, args.max_quarantine, args.num_shards,
-                  args.max_pixels, beam_args)
+                  args.max_pixels, beam_args, phi.load_key(args.phi_key_file) if args.phi_key_file else None)
     print(json.dumps({k: summary[k] for k in ("records_written", "labels", "patients", "quarantined",
                                               "quarantine_reasons")}, indent=None))
 

@@ -1,5 +1,6 @@
 """Readers for the real source formats (ARCHITECTURE.md, "Source formats"): the DDSM
-TFRecords, class folders, the IDC patient tree and a manifest (image files listed in a CSV).
+TFRecords, class folders, the IDC patient tree, a manifest (image files listed in a CSV);
+DICOM Part 10 files with a labels manifest are read by ``components.dicom_folder``.
 
 A reader works in two phases so a Beam pipeline can spread the work: ``units()`` lists cheap
 work units on the driver (files), and ``items(unit)`` runs on a worker and yields one
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from components import images
+
 DDSM_SIDE = 299
 
 
@@ -27,6 +30,8 @@ class RawItem:
     data: bytes
     raw_shape: tuple[int, int] | None = None  # set when data is raw uint8 grayscale pixels
     problem: str | None = None
+    # set when the reader had to decode the image itself (DICOM: the header names the patient)
+    decoded: images.DecodedImage | None = None
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -125,6 +130,19 @@ class IdcTreeReader:
 
 
 # --------------------------------------------------------------------------- a manifest CSV
+def read_manifest(path: Path, columns: list[str]) -> list[dict]:
+    """The rows of a manifest CSV that has every one of ``columns`` (empty names are not asked)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c and c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"manifest {path.name} has no column {', '.join(map(repr, missing))}; "
+                             f"its columns are {', '.join(reader.fieldnames or [])}")
+        return list(reader)
+
+
 @dataclass(frozen=True)
 class ManifestReader:
     """Image files listed in a CSV, one row an image, as hospitals export them and as BUS-BRA
@@ -150,17 +168,7 @@ class ManifestReader:
         return path if path.is_absolute() else self.root / path
 
     def rows(self) -> list[dict]:
-        path = self.csv_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"manifest {path} not found")
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            wanted = [c for c in (self.image_column, self.label_column, self.patient_column) if c]
-            missing = [c for c in wanted if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"manifest {path.name} has no column {', '.join(map(repr, missing))}; "
-                                 f"its columns are {', '.join(reader.fieldnames or [])}")
-            return list(reader)
+        return read_manifest(self.csv_path(), [self.image_column, self.label_column, self.patient_column])
 
     def units(self) -> list[tuple]:
         """(row number, path relative to root, label, patient, problem) per row; the problems a
@@ -305,13 +313,14 @@ class DdsmReader:
             yield RawItem(source_id, patient, label, data, raw_shape=(DDSM_SIDE, DDSM_SIDE), problem=problem)
 
 
-FORMATS = {"ddsm": DdsmReader, "class_folders": ClassFolderReader, "idc_tree": IdcTreeReader,
+READERS = {"ddsm": DdsmReader, "class_folders": ClassFolderReader, "idc_tree": IdcTreeReader,
            "manifest": ManifestReader}
+FORMATS = (*READERS, "dicom")      # dicom: components.dicom_folder, which builds on RawItem here
 
 
 def make_reader(source_format: str, root: str | Path, **options):
     try:
-        cls = FORMATS[source_format]
+        cls = READERS[source_format]
     except KeyError:
-        raise ValueError(f"unknown source format {source_format!r}; choose one of {', '.join(FORMATS)}") from None
+        raise ValueError(f"unknown source format {source_format!r}; choose one of {', '.join(READERS)}") from None
     return cls(Path(root).absolute(), **options)
