@@ -25,8 +25,8 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # spread: the first group on one worker, operations and serving after the pipeline tests on the
 # other, once the models are built (LATE modules are collected last).
 WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway", "test_gateway_process",
-                                                   "test_gateway_v2", "test_gateway_dicom", "test_dicom_node", "test_pages_browser",
-                                                   "test_train_evaluate_export")},
+                                                   "test_gateway_v2", "test_gateway_dicom", "test_dicom_node",
+                                                   "test_pages_browser", "test_train_evaluate_export")},
                  **{m: "pipeline-run" for m in ("test_pipelines", "test_operations", "test_serving")}}
 LATE = ("test_operations", "test_serving")
 # tests of a grouped module that use none of its shared fixtures: free to run on either worker
@@ -90,6 +90,16 @@ def sample_splits(request, tmp_path_factory) -> dict[str, Path]:
             if modality == "histopathology":
                 stain.run(base / modality / "splits", out[modality])
         return out
+
+
+@pytest.fixture(scope="session")
+def real_idc_examples(tmp_path_factory) -> Path:
+    """The 16 IDC patients of ``../shared/datasets/idc`` (9,984 tiles) extracted once per session
+    (about 25 s): the split test and the end-to-end data test both read them."""
+    with once_per_session(tmp_path_factory, "real-idc-examples") as (base, built):
+        if not built:
+            extract.run("histopathology", SHARED / "idc", base)
+        return base
 
 
 # (backbone, strategy) -> modality: the unfrozen cohort on one modality (so it can be compared

@@ -34,12 +34,17 @@ REAL = {  # modality: (folder, records, patients)
 
 @needs_shared_datasets()
 @pytest.mark.parametrize("modality", list(REAL))
-def test_real_datasets_extract_split_validate_without_crashes(modality, tmp_path):
+def test_real_datasets_extract_split_validate_without_crashes(modality, tmp_path, request):
     folder, n_records, n_patients = REAL[modality]
-    summary = extract.run(modality, SHARED / folder, tmp_path / "ex")
+    if modality == "histopathology":           # extracted once, shared with the split test
+        examples = request.getfixturevalue("real_idc_examples")
+        summary = json.loads((examples / "summary.json").read_text())
+    else:
+        examples = tmp_path / "ex"
+        summary = extract.run(modality, SHARED / folder, examples)
     assert summary["records_written"] == n_records and summary["quarantined"] == 0
     assert summary["patients"] == n_patients
-    manifest = split.run(tmp_path / "ex", tmp_path / "splits", seed=0)
+    manifest = split.run(examples, tmp_path / "splits", seed=0)
     assert sum(s["records"] for s in manifest["splits"].values()) == n_records
     patients = {name: {schema.deserialize(r).patient_id for r in records.read_records(tmp_path / "splits" / name)}
                 for name in split.SPLITS}

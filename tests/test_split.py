@@ -70,10 +70,9 @@ def test_sample_histopathology_split_is_patient_wise_and_byte_reproducible(sampl
 
 
 @needs_shared_datasets()
-def test_real_idc_tree_no_patient_in_two_splits_and_same_seed_same_manifest(tmp_path):
-    extract.run("histopathology", SHARED / "idc", tmp_path / "ex")
-    a = split.run(tmp_path / "ex", tmp_path / "a", seed=11)
-    split.run(tmp_path / "ex", tmp_path / "b", seed=11)
+def test_real_idc_tree_no_patient_in_two_splits_and_same_seed_same_manifest(real_idc_examples, tmp_path):
+    a = split.run(real_idc_examples, tmp_path / "a", seed=11)
+    split.run(real_idc_examples, tmp_path / "b", seed=11)
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
     seen = _patients_by_split(tmp_path / "a")
     _assert_disjoint(seen)
