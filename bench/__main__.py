@@ -1,8 +1,11 @@
-"""``python -m bench``: every benchmark in turn (input pipeline, then gateway)."""
+"""``python -m bench``: every benchmark in turn (input pipeline, gateway, the gateway's profile,
+evaluation, the DICOM upload path)."""
 import sys
 
-from bench import gateway, input_pipeline
+from bench import dicom, evaluation, gateway, gateway_profile, input_pipeline
 
 if __name__ == "__main__":
-    code = input_pipeline.main(sys.argv[1:])
-    raise SystemExit(code or gateway.main([]))
+    for bench in (input_pipeline, gateway, gateway_profile, evaluation, dicom):
+        code = bench.main([])
+        if code:
+            raise SystemExit(code)

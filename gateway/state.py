@@ -22,7 +22,7 @@ from serving.client import ServingClient
 class GatewayConfig:
     model_repo: Path
     serving: str = "127.0.0.1:8500"
-    max_upload_bytes: int = 10 * 1024 * 1024
+    max_upload_bytes: int = 48 * 1024 * 1024    # an uncompressed full-field mammogram (DICOM) is ~27 MB
     max_pixels: int = 40_000_000           # 20000x20000 PNGs (decompression bombs) are refused
     deadline_s: float = 5.0
     retries: int = 2

@@ -225,24 +225,17 @@ def test_a_uid_with_a_path_in_it_is_refused():
     assert "invalid SOPInstanceUID '../../etc/passwd'" in rejected(fx.traversal_uid())
 
 
-def test_a_full_size_mammogram_costs_little_over_its_png():
-    """3328 x 4084 at 12 bits: the DICOM path adds under 250 ms and 300 MB to the 16-bit PNG path."""
+def test_a_full_size_mammogram_makes_no_float_copy_of_itself():
+    """3328 x 4084 at 12 bits: the pixel path is a lookup table, so reading the DICOM costs no
+    more memory than decoding a 16-bit PNG of it, plus less than one float64 copy (109 MB;
+    the time it takes is measured by ``python -m bench.dicom``)."""
     pixels = fx.breast(4084, 3328)
     data = fx.mammogram(pixels)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
     png = buf.getvalue()
     assert dicom.read(data).image.pixels.shape == (4084, 3328)
-    best = {name: min(_seconds(fn) for _ in range(3)) for name, fn in
-            (("dicom", lambda: dicom.read(data)), ("png", lambda: images.decode(png)))}
-    assert best["dicom"] < best["png"] + 0.25, best
-    assert cost(lambda: dicom.read(data))[1] < cost(lambda: images.decode(png))[1] + 300e6
-
-
-def _seconds(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+    assert cost(lambda: dicom.read(data))[1] < cost(lambda: images.decode(png))[1] + 100e6
 
 
 def test_a_secondary_capture_is_read_by_its_modality():
