@@ -16,6 +16,10 @@ extensions, advertised in the server metadata: ``bcimaging_explain``
 (``POST /v2/models/<m>[/versions/<v>]/explain``: the Grad-CAM ``heatmap`` FP32 [n, h, w]) and
 ``bcimaging_compare`` (``POST /v2/cohorts/<modality>/<strategy>/infer``: the cohort's models on
 one image; outputs ``model`` BYTES, ``probability``, ``label``, ``threshold``, one row per model).
+A third, ``bcimaging_dicom_sr``: asked for by name (``"outputs": [{"name": "dicom_sr"}]``) on
+``infer`` or a cohort's ``infer`` of one DICOM image, the output ``dicom_sr`` (BYTES, shape [1])
+is the TID 1500 SR of the answer, as ``Accept: application/dicom`` gives it on /api/v1 (base64
+in JSON, like the inputs; raw with ``binary_data``).
 Errors are ``{"error": "..."}``, with the status codes of /api/v1 (gateway.errors)."""
 from __future__ import annotations
 
@@ -33,12 +37,13 @@ from serving.client import ServingRejected, ServingUnavailable
 
 blueprint = Blueprint("v2", __name__, url_prefix="/v2")
 SERVER = {"name": "bcimaging-gateway", "version": "1.0.0",
-          "extensions": ["binary_tensor_data", "bcimaging_explain", "bcimaging_compare"]}
+          "extensions": ["binary_tensor_data", "bcimaging_explain", "bcimaging_compare", "bcimaging_dicom_sr"]}
 INPUT = "image_bytes"
 OUTPUTS = {"probability": "FP32", "label": "INT64", "threshold": "FP32"}
 NUMPY = {"FP32": np.float32, "INT64": np.int64, "BYTES": object}
 MAX_BATCH = 16
 HEADER_LENGTH = "Inference-Header-Content-Length"
+SR_OUTPUT = "dicom_sr"          # the bcimaging_dicom_sr extension's output (base64 in JSON)
 
 
 class BadRequest(Exception):
@@ -221,7 +226,8 @@ def _respond(parsed: dict, name: str, version: str | None, outputs: dict[str, tu
             tensor["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            tensor["data"] = ([v.decode() for v in array.ravel()] if datatype == "BYTES"
+            tensor["data"] = ([base64.b64encode(v).decode() for v in array.ravel()] if out_name == SR_OUTPUT
+                              else [v.decode() for v in array.ravel()] if datatype == "BYTES"
                               else array.astype(NUMPY[datatype]).ravel().tolist())
         tensors.append(tensor)
     body = {"model_name": name, "outputs": tensors}
@@ -238,6 +244,19 @@ def _respond(parsed: dict, name: str, version: str | None, outputs: dict[str, tu
                     headers={HEADER_LENGTH: str(len(header))})
 
 
+def _wants_sr(parsed: dict) -> bool:
+    requested = parsed.get("outputs")
+    return isinstance(requested, list) and any(isinstance(o, dict) and o.get("name") == SR_OUTPUT for o in requested)
+
+
+def _sr_output(images: list, answers: list[dict], ensemble: dict | None = None) -> tuple[str, np.ndarray]:
+    """The ``dicom_sr`` output: the SR of one DICOM image's answers (gateway.service.dicom_report)."""
+    if len(images) != 1:
+        raise BadRequest(f"{SR_OUTPUT} reports on one image (shape [1])")
+    report = service.dicom_report(current().deployed, images[0], answers, ensemble)
+    return "BYTES", np.array([report], dtype=object)
+
+
 def _predict(name: str, version: str | None, signature: str = "serving_default"):
     """(parsed request, Prediction) of one model on the request's images."""
     card = _card(name)
@@ -250,21 +269,26 @@ def _predict(name: str, version: str | None, signature: str = "serving_default")
     if signature == "serving_default":
         for u, p in zip(images, prediction.outputs["probability"]):
             state.metrics.observe(name, prediction.version, label, float(p), u.stats)
-    return parsed, prediction
+    return parsed, prediction, images
 
 
 @blueprint.post("/models/<name>/infer")
 @blueprint.post("/models/<name>/versions/<version>/infer")
 def infer(name, version=None):
-    parsed, prediction = _predict(name, version)
+    parsed, prediction, images = _predict(name, version)
     outputs = {k: (t, prediction.outputs[k]) for k, t in OUTPUTS.items()}
+    if _wants_sr(parsed):
+        first = {k: prediction.outputs[k][0] for k in OUTPUTS}
+        answer = {"model": name, "version": prediction.version, "probability": float(first["probability"]),
+                  "threshold": float(first["threshold"]), "label": int(first["label"])}
+        outputs[SR_OUTPUT] = _sr_output(images, [answer])
     return _respond(parsed, name, str(prediction.version), outputs)
 
 
 @blueprint.post("/models/<name>/explain")
 @blueprint.post("/models/<name>/versions/<version>/explain")
 def explain(name, version=None):
-    parsed, prediction = _predict(name, version, signature="explain")
+    parsed, prediction, _ = _predict(name, version, signature="explain")
     return _respond(parsed, name, str(prediction.version), {"heatmap": ("FP32", prediction.outputs["heatmap"])})
 
 
@@ -294,4 +318,6 @@ def compare(modality, strategy):
         parameters["ensemble"] = ensemble["model"]
     else:
         parameters["ensemble_unavailable"] = ensemble["reason"]
+    if _wants_sr(parsed):
+        outputs[SR_OUTPUT] = _sr_output(images, result["models"], ensemble)
     return _respond(parsed, f"{modality}/{strategy}", None, outputs, parameters)

@@ -29,14 +29,20 @@ def markdown_table(rows: list[list], header: list[str]) -> str:
 
 def extract(modality: str, sources: list, max_quarantine: float, cache_dir: str, examples, report) -> None:
     from components import extract as step
+    from components import phi
     from components import sources as sources_
 
     chosen = sources_.parse(sources)
     # the data's content, whatever its path (a manifest inside the source folder is part of it)
     described = [{**s.to_dict(), "path": tree_sha256(s.path)} for s in chosen]
+    # DICOM sources are pseudonymized under the environment's PHI key: another key, other
+    # pseudonyms, so its id (never the key) is part of the cache key
+    key = phi.load_key() if any(s.needs_phi_key for s in chosen) else None
     summary, hit = cached(cache_dir, "extract", {"modality": modality, "max_quarantine": max_quarantine,
-                                                 "sources": described}, {}, {"examples": examples.path},
-                          lambda: step.run(modality, chosen, examples.path, max_quarantine=max_quarantine))
+                                                 "sources": described,
+                                                 **({"phi_key_id": phi.key_id(key)} if key else {})},
+                          {}, {"examples": examples.path},
+                          lambda: step.run(modality, chosen, examples.path, max_quarantine=max_quarantine, phi_key=key))
     _describe(examples, hit, records=summary["records_written"], quarantined=summary["quarantined"],
               sources={s.name: s.path for s in chosen}, sources_sha256={d["name"]: d["path"] for d in described})
     rows = [[name, c["path"], c["inputs"], c["records_written"], c["quarantined"], c["patients"]]

@@ -177,3 +177,30 @@ def test_accept_application_dicom_answers_a_tid1500_sr_that_files_with_the_image
     refused = stack.post(f"/api/v1/models/{MAMMOGRAPHY}:predict", headers={"Accept": "application/dicom"},
                          **_multipart(_png(linear(fx.breast(64, 64, seed=1), *fx.MG_WINDOWS[0])), "a.png"))
     assert refused.status_code == 406 and "DICOM" in refused.json["error"]
+
+
+@dciodvfy.required
+def test_the_v2_dicom_sr_extension_returns_the_report_as_an_output(stack):
+    """OIP v2: the ``dicom_sr`` output, asked for by name, is the same kind of SR (base64 in
+    JSON), for one model and for a cohort; asked of a PNG it is the same clear 406."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    us = fx.ultrasound(fx.sonogram(160, 200, seed=4))
+    tensor = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(us).decode()]}
+    body = {"inputs": [tensor], "outputs": [{"name": "probability"}, {"name": "dicom_sr"}]}
+    assert "bcimaging_dicom_sr" in stack.get("/v2").json["extensions"]
+    for url in (f"/v2/models/{ULTRASOUND[0]}/infer", "/v2/cohorts/ultrasound/unfrozen/infer"):
+        r = stack.post(url, json=body)
+        assert r.status_code == 200, r.json
+        outputs = {o["name"]: o["data"] for o in r.json["outputs"]}
+        report = base64.b64decode(outputs["dicom_sr"][0])
+        findings = dciodvfy.validate(report)
+        assert not findings.errors, findings.describe()
+        sr = hd.sr.srread(io.BytesIO(report))
+        probabilities = [float(m.value) for g in sr.content.get_image_measurement_groups()
+                         for m in g.get_measurements(name=codes.DCM.ProbabilityOfCancer)]
+        assert probabilities[:len(outputs["probability"])] == pytest.approx(outputs["probability"], abs=1e-5)
+    png = {**body, "inputs": [{**body["inputs"][0], "data": [base64.b64encode(_png(fx.sonogram(64, 64))).decode()]}]}
+    refused = stack.post(f"/v2/models/{ULTRASOUND[0]}/infer", json=png)
+    assert refused.status_code == 406 and "DICOM" in refused.json["error"]

@@ -218,7 +218,7 @@ def cv_run(local_run):
     """2-fold patient-level cross-validation of one configuration, in the local run's work dir
     (its extract step comes from the cache): two folds test the plumbing as well as five."""
     args = ["pipelines", "cv", "--modality", "histopathology", "--data", local_run["args"][local_run["args"].index("--data") + 1],
-            "--work-dir", str(local_run["base"] / "work"), "--folds", "2", "--backbones", "resnet50",
+            "--work-dir", str(local_run["base"] / "work"), "--folds", "2", "--backbones", "vgg16",
             "--strategies", "unfrozen", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--min-f1", "0",
             "--collapse-sd", "0", "--weights", "none", "--bootstrap", "100", "--seed", "1"]
     out = run_cli(*args)
@@ -235,7 +235,7 @@ def test_cross_validation_tests_every_patient_exactly_once_out_of_fold(cv_run, l
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["pipeline"]["name"] == "bcimaging-histopathology-cv" and not manifest["pushed"]
     (name, oof), = manifest["out_of_fold"].items()
-    assert name == "histopathology-resnet50-unfrozen (out-of-fold)" and len(oof["folds"]) == 2
+    assert name == "histopathology-vgg16-unfrozen (out-of-fold)" and len(oof["folds"]) == 2
     (folds_dir,) = [p for p in run_dir.glob("*/folds/folds") if p.is_dir()]
     summary = json.loads((folds_dir / "folds.json").read_text())
     tested = [q for t in summary["tested"] for q in t["patients"]]
@@ -255,7 +255,7 @@ def test_cross_validation_tests_every_patient_exactly_once_out_of_fold(cv_run, l
     assert metrics["records"] == 60 and metrics["clusters"] == 6 and len(metrics["per_patient"]) == 6
     run_cli("pipelines", "report", "--work-dir", str(local_run["base"] / "work"), "--out", str(tmp_path))
     md = (tmp_path / "report.md").read_text()
-    assert "2-fold patient-level cross-validation of histopathology-resnet50-unfrozen" in md
+    assert "2-fold patient-level cross-validation of histopathology-vgg16-unfrozen" in md
     assert "per-patient out-of-fold results" in md
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import catalog, compare, evaluate, export, preprocess, records, schema, stain, stats, train
+from components import catalog, compare, evaluate, export, models, preprocess, records, schema, stain, stats, train
 from tests.conftest import COMBOS
 
 
@@ -174,8 +174,8 @@ def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
     """Same splits, settings and seed: bit-identical weights from two separate processes on
     machines that differ in threads (TensorFlow's pools of 2 against 1, as a bigger machine or
     a run beside others has): the thread count is a training setting, oneDNN is off, the
-    shuffle, augmentation and initialisation are seeded. Another seed, other weights. VGG16
-    from scratch is the BatchNormalization variant."""
+    shuffle, augmentation and initialisation are seeded. Another seed starts from other
+    weights. VGG16 from scratch is the BatchNormalization variant."""
     def start(name, seed, machine_threads):
         # batch 4: over train.EAGER_BELOW_STEPS steps, so the traced graph the study runs is what repeats
         env = {**os.environ, "TF_NUM_INTRAOP_THREADS": machine_threads, "TF_NUM_INTEROP_THREADS": machine_threads,
@@ -187,7 +187,7 @@ def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
              "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--weights", "none", "--seed", str(seed),
              "--warmup-epochs", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    runs = {"a": start("a", 3, "2"), "b": start("b", 3, "1"), "c": start("c", 4, "1")}
+    runs = {"a": start("a", 3, "2"), "b": start("b", 3, "1")}
     for name, proc in runs.items():
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"training {name} failed:\n{output[-3000:]}"
@@ -197,10 +197,12 @@ def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
         keras.backend.clear_session()
         return model, model.get_weights()
 
-    (a, wa), (_, wb), (_, wc) = trained("a"), trained("b"), trained("c")
+    (a, wa), (_, wb) = trained("a"), trained("b")
     record = json.loads((tmp_path / "a" / "training.json").read_text())
     assert record["execution"] == "graph"
     assert record["threads_per_op"] == 1 and record["onednn"] is False
     assert any(l.name == "block1_conv1_bn" for l in a.layers)
     assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
-    assert not all(np.array_equal(x, y) for x, y in zip(wa, wc))
+    seeded = [models.build("vgg16", 32, "none", seed).get_weights() for seed in (3, 4)]
+    keras.backend.clear_session()
+    assert not all(np.array_equal(x, y) for x, y in zip(*seeded))
