@@ -4,6 +4,7 @@ answers into what people and programs read."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -187,6 +188,7 @@ def _card_sha256(deployed: Deployed, name: str, version: int) -> str:
     return hashlib.sha256((deployed.root / name / str(version) / repository.CARD).read_bytes()).hexdigest()
 
 
+@functools.cache                       # the installed version: read once, not on every report
 def _software_version() -> str:
     try:
         return importlib.metadata.version("bcimaging")
