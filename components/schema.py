@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tensorflow.core.example import example_pb2, feature_pb2
-
 IMAGE = "image/encoded"    # PNG bytes, 8-bit, 1 (grayscale) or 3 (RGB) channels
 HEIGHT = "image/height"
 WIDTH = "image/width"
@@ -38,7 +36,17 @@ class Record:
         return dataclasses.replace(self, image_png=image_png, height=height, width=width)
 
 
+def _protos():
+    """tf.Example's protos, imported when a record is first read or written: importing them
+    imports all of TensorFlow (seconds), which a step that finds its outputs cached never needs."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    return example_pb2, feature_pb2
+
+
 def serialize(record: Record) -> bytes:
+    example_pb2, feature_pb2 = _protos()
+
     def ints(v):
         return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v)]))
 
@@ -59,7 +67,7 @@ def serialize(record: Record) -> bytes:
 
 
 def deserialize(data: bytes) -> Record:
-    feature = example_pb2.Example.FromString(data).features.feature
+    feature = _protos()[0].Example.FromString(data).features.feature
 
     def one(name, kind, default=None):
         if default is not None and name not in feature:      # records written before the feature existed
