@@ -193,17 +193,16 @@ def plots(out: Path, scored: Scored, threshold, label_names, history: dict | Non
 
 def run(model_dir: str | Path, examples: str | Path, threshold_from: str | Path, out: str | Path,
         target_sensitivity: float | None = None, min_f1: float = 0.70, bootstrap: int = stats.BOOTSTRAP_RESAMPLES,
-        seed: int = 0, collapse_sd: float = COLLAPSED_SD) -> dict:
-    import keras
-
-    from components import models  # noqa: F401  (registers BackbonePreprocess for loading)
+        seed: int = 0, collapse_sd: float = COLLAPSED_SD, model=None) -> dict:
+    """``model``: the Keras model of ``model_dir`` when the caller has it loaded already."""
+    from components import export
     from components.records import tree_sha256
 
     model_dir, examples, threshold_from = Path(model_dir), Path(examples), Path(threshold_from)
     training = artifacts.read_json(model_dir, artifacts.TRAINING)
     config = training["config"]
     modality, size = config["modality"], config["image_size"]
-    model = keras.models.load_model(model_dir / artifacts.MODEL, compile=False)
+    model = model if model is not None else export.load_model(model_dir)
     validation = score(model, threshold_from, modality, size)
     test = score(model, examples, modality, size)
     if len(np.unique(test.y)) < 2:

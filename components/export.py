@@ -13,6 +13,11 @@ ensemble's evaluation, ``components.ensemble``) the card also carries the ensemb
 validation threshold, which the gateway's compare applies to the three served probabilities.
 
     python -m components.export --model DIR --evaluation DIR --out DIR [--ensemble DIR]
+
+In two halves, as the pipeline runs it: ``--graph-only`` writes the SavedModel without its card
+(the evaluate step does this with the model it has just scored, in the same process), and
+``--graph DIR`` copies that graph and adds the card, without TensorFlow, after the cohort
+ensemble the card names.
 """
 from __future__ import annotations
 
@@ -151,37 +156,96 @@ def model_card(training: dict, evaluation: dict, blessing: dict, ensemble: dict 
     }
 
 
-def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path, ensemble_dir: str | Path | None = None) -> dict:
-    import keras
-    import tensorflow as tf
+GRAPH = "graph.json"       # in assets.extra/: what a graph was built from (the card step checks it)
 
-    from components import ensemble, models, stain
 
-    model_dir, evaluation_dir = Path(model_dir), Path(evaluation_dir)
+def _inputs(model_dir: Path, evaluation_dir: Path) -> tuple[dict, dict]:
     training = artifacts.read_json(model_dir, artifacts.TRAINING)
     evaluation = artifacts.read_json(evaluation_dir, artifacts.METRICS)
-    blessing = artifacts.read_blessing(evaluation_dir)
     if evaluation["model_name"] != training["model_name"]:
         raise cli.UserError(f"{evaluation_dir} evaluated {evaluation['model_name']}, not {training['model_name']}")
+    return training, evaluation
+
+
+def _graph_facts(training: dict, evaluation: dict) -> dict:
+    return {"model_name": training["model_name"], "threshold": evaluation["threshold"],
+            "temperature": evaluation.get("temperature", {}).get("value", 1.0)}
+
+
+def _save_graph(stage: Path, model, training: dict, evaluation: dict) -> None:
+    import tensorflow as tf
+
+    from components import models, stain
+
     config = training["config"]
-    model = keras.models.load_model(model_dir / artifacts.MODEL, compile=False)
     reference = stain.reference_from_json(training["stain"]) if training.get("stain") else None
-    module = serving_module(model, config["modality"], config["image_size"], evaluation["threshold"],
-                            models.BACKBONES[config["backbone"]].last_conv, reference,
-                            evaluation.get("temperature", {}).get("value", 1.0))
+    facts = _graph_facts(training, evaluation)
+    module = serving_module(model, config["modality"], config["image_size"], facts["threshold"],
+                            models.BACKBONES[config["backbone"]].last_conv, reference, facts["temperature"])
+    tf.saved_model.save(module, str(stage), signatures={"serving_default": module.serve, "explain": module.explain})
+    (stage / "assets.extra").mkdir(exist_ok=True)
+    warmup_records(stage / "assets.extra" / WARMUP_FILE, training["model_name"], config["image_size"])
+    write_json(stage / "assets.extra" / GRAPH, facts)
+
+
+def _write_card(stage: Path, training: dict, evaluation: dict, evaluation_dir: Path,
+                ensemble_dir: Path | None) -> dict:
+    from components import ensemble
+
     cohort = ensemble.card_entry(ensemble_dir) if ensemble_dir else None
     if cohort and training["model_name"] not in cohort["members"]:
         raise cli.UserError(f"{ensemble_dir} is the ensemble of {cohort['members']}, not of {training['model_name']}")
-    card = model_card(training, evaluation, blessing, cohort)
-    with staged_dir(out) as stage:
-        tf.saved_model.save(module, str(stage), signatures={"serving_default": module.serve, "explain": module.explain})
-        (stage / "assets.extra").mkdir(exist_ok=True)
-        write_json(stage / "assets.extra" / "model_card.json", card)
-        for picture in PICTURES:            # shown on the gateway's model page
-            if (evaluation_dir / picture).exists():
-                shutil.copy(evaluation_dir / picture, stage / "assets.extra" / picture)
-        warmup_records(stage / "assets.extra" / WARMUP_FILE, training["model_name"], config["image_size"])
+    card = model_card(training, evaluation, artifacts.read_blessing(evaluation_dir), cohort)
+    write_json(stage / "assets.extra" / "model_card.json", card)
+    for picture in PICTURES:            # shown on the gateway's model page
+        if (evaluation_dir / picture).exists():
+            shutil.copy(evaluation_dir / picture, stage / "assets.extra" / picture)
     return card
+
+
+def load_model(model_dir: str | Path):
+    import keras
+
+    from components import models  # noqa: F401  (registers BackbonePreprocess for loading)
+
+    return keras.models.load_model(Path(model_dir) / artifacts.MODEL, compile=False)
+
+
+def save_graph(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path, model=None) -> dict:
+    """TensorFlow's half of an export: the SavedModel with its signatures and warmup requests,
+    no card. The pipeline's evaluate step calls it with the model it has just scored, so a model
+    costs one TensorFlow process after training, not two; ``card`` finishes the export."""
+    model_dir, evaluation_dir = Path(model_dir), Path(evaluation_dir)
+    training, evaluation = _inputs(model_dir, evaluation_dir)
+    with staged_dir(out) as stage:
+        _save_graph(stage, model if model is not None else load_model(model_dir), training, evaluation)
+    return _graph_facts(training, evaluation)
+
+
+def card(graph_dir: str | Path, model_dir: str | Path, evaluation_dir: str | Path, out: str | Path,
+         ensemble_dir: str | Path | None = None) -> dict:
+    """The export from a saved graph: a copy of it with the model card and the evaluation's
+    pictures. No TensorFlow: it runs after the cohort ensemble, which the card names."""
+    graph_dir, model_dir, evaluation_dir = Path(graph_dir), Path(model_dir), Path(evaluation_dir)
+    training, evaluation = _inputs(model_dir, evaluation_dir)
+    built = artifacts.read_json(graph_dir / "assets.extra", GRAPH, default={})
+    if built != _graph_facts(training, evaluation):
+        raise cli.UserError(f"{graph_dir} was not saved from {model_dir} with the threshold and temperature of "
+                            f"{evaluation_dir} ({built} != {_graph_facts(training, evaluation)}); save it again "
+                            "with components.export --graph-only")
+    with staged_dir(out) as stage:
+        shutil.copytree(graph_dir, stage, dirs_exist_ok=True)
+        return _write_card(stage, training, evaluation, evaluation_dir, Path(ensemble_dir) if ensemble_dir else None)
+
+
+def run(model_dir: str | Path, evaluation_dir: str | Path, out: str | Path, ensemble_dir: str | Path | None = None) -> dict:
+    """The whole export in one process: graph and card."""
+    model_dir, evaluation_dir = Path(model_dir), Path(evaluation_dir)
+    training, evaluation = _inputs(model_dir, evaluation_dir)
+    model = load_model(model_dir)
+    with staged_dir(out) as stage:
+        _save_graph(stage, model, training, evaluation)
+        return _write_card(stage, training, evaluation, evaluation_dir, Path(ensemble_dir) if ensemble_dir else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,9 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--evaluation", required=True, help="output folder of components.evaluate")
     ap.add_argument("--out", required=True, help="SavedModel folder to write")
     ap.add_argument("--ensemble", help="the cohort ensemble's evaluation folder (components.ensemble)")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--graph-only", action="store_true", help="write the graph without its card (TensorFlow's half)")
+    how.add_argument("--graph", help="finish the export from this graph (--graph-only's output): no TensorFlow")
     return ap
 
 
+def _cli(a, _):
+    if a.graph_only:
+        name = save_graph(a.model, a.evaluation, a.out)["model_name"]
+        print(f"saved the serving graph of {name} to {a.out} (no card yet: --graph {a.out} adds it)")
+        return
+    done = card(a.graph, a.model, a.evaluation, a.out, a.ensemble) if a.graph else run(a.model, a.evaluation, a.out, a.ensemble)
+    print(f"exported {done['model_name']} to {a.out}")
+
+
 if __name__ == "__main__":
-    raise SystemExit(cli.main(build_parser(), lambda a, _: print(
-        f"exported {run(a.model, a.evaluation, a.out, a.ensemble)['model_name']} to {a.out}")))
+    raise SystemExit(cli.main(build_parser(), _cli))

@@ -1,11 +1,18 @@
 """One Kubeflow pipeline per modality, and one cross-validation pipeline per configuration:
 
     extract (one or more sources) -> split -> [stain-normalize: histopathology] -> validate -> baselines
-        -> train x6 -> evaluate x6 -> ensemble per cohort (3 evaluations gathered) -> export x6
+        -> train x6 -> evaluate x6 (and save the serving graph) -> ensemble per cohort (3 evaluations
+        gathered) -> export x6 (the graph and its card)
         -> challenge x6 (the stable version on the same test records) -> push x6 (blessed by evidence)
 
     extract -> folds -> per fold: select -> [stain-normalize] -> train -> evaluate
         -> gather the folds' evaluations -> pool (out-of-fold evaluation)
+
+Every step is a process of its own, and a process with TensorFlow costs seconds before it does
+anything (import, model load): a model starts TensorFlow twice after extraction, to train and to
+evaluate. The evaluate step also saves the serving graph of the model it has just scored; the
+export step, which must wait for the cohort ensemble its card names, only copies that graph and
+writes the card.
 
 Validation runs on the splits rather than before them: its drift and skew checks compare train
 with test, and a split that lost a class is exactly what it must catch before training.
@@ -126,6 +133,7 @@ def build(modality: str, backbones=catalog.BACKBONES, strategies=catalog.STRATEG
             for name, (train, evaluate) in trained.items():
                 export = _on_image(ops.export(cache_dir=cache_dir, model=train.outputs["model"],
                                               evaluation=evaluate.outputs["evaluation"],
+                                              graph=evaluate.outputs["graph"],
                                               ensemble=ensemble.outputs["evaluation"]),
                                    image, STEP_RESOURCES).set_display_name(f"export {name}")
                 # champion and challenger: not cached, its answer depends on the repository now. The
@@ -181,7 +189,7 @@ def build_cv(modality: str, backbone: str, strategy: str, folds: int = crossval.
                                        image, STEP_RESOURCES).set_display_name(f"stain-normalize fold {i}").outputs["normalized"]
             train = _train(modality, backbone, strategy, training, cache_dir, fold_input, image, accelerator_type,
                            accelerator_limit, gpu_node_selector, gpu_toleration, f"{name} fold {i}")
-            evaluate = _on_image(ops.evaluate(min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap,
+            evaluate = _on_image(ops.evaluate_fold(min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap,
                                               seed=split_seed, cache_dir=cache_dir, model=train.outputs["model"],
                                               splits=fold_input),
                                  image, STEP_RESOURCES).set_display_name(f"evaluate {name} fold {i}")

@@ -65,8 +65,20 @@ def train(modality: str, backbone: str, strategy: str, training: dict, cache_dir
 def evaluate(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache_dir: str, model: Input[Model],
              splits: Input[Dataset],
              evaluation: Output[Artifact], metrics: Output[Metrics], classification: Output[ClassificationMetrics],
-             report: Output[HTML]):
-    """Test metrics with 95 % cluster-bootstrap CIs; temperature and threshold from validation; plots, blessing."""
+             report: Output[HTML], graph: Output[Model]):
+    """Test metrics with 95 % cluster-bootstrap CIs; temperature and threshold from validation; plots, blessing;
+    and, in the same process, the serving graph of the model just scored (export adds its card)."""
+    from pipelines import steps
+    steps.evaluate(min_f1, collapse_sd, bootstrap, seed, cache_dir, model, splits, evaluation, metrics, classification,
+                   report, graph)
+
+
+@component
+def evaluate_fold(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache_dir: str, model: Input[Model],
+                  splits: Input[Dataset],
+                  evaluation: Output[Artifact], metrics: Output[Metrics],
+                  classification: Output[ClassificationMetrics], report: Output[HTML]):
+    """A cross-validation fold's evaluation, like evaluate's; nothing of it is served, so no graph."""
     from pipelines import steps
     steps.evaluate(min_f1, collapse_sd, bootstrap, seed, cache_dir, model, splits, evaluation, metrics, classification,
                    report)
@@ -95,11 +107,12 @@ def ensemble(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache
 
 
 @component
-def export(cache_dir: str, model: Input[Model], evaluation: Input[Artifact], ensemble: Input[Artifact],
-           saved_model: Output[Model]):
-    """SavedModel (serving_default + explain), model card (with the cohort ensemble), warmup requests."""
+def export(cache_dir: str, model: Input[Model], evaluation: Input[Artifact], graph: Input[Model],
+           ensemble: Input[Artifact], saved_model: Output[Model]):
+    """The evaluate step's SavedModel (serving_default + explain, warmup requests) with its model card
+    (which names the cohort ensemble): a copy and a JSON file, no TensorFlow."""
     from pipelines import steps
-    steps.export(cache_dir, model, evaluation, ensemble, saved_model)
+    steps.export(cache_dir, model, evaluation, graph, ensemble, saved_model)
 
 
 @component

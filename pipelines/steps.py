@@ -118,17 +118,34 @@ def train(modality: str, backbone: str, strategy: str, training: dict, cache_dir
               best_val_auc=round(training["best_val_auc"], 4), framework="keras")
 
 
-def evaluate(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache_dir: str, model, splits, evaluation,
-             metrics, classification, report) -> None:
+def evaluate_and_save_graph(model_dir: str, splits_dir: str, evaluation_dir: str, graph_dir: str | None, *,
+                            min_f1: float, collapse_sd: float, bootstrap: int, seed: int) -> dict:
+    """The evaluate step's work: evaluation, then (with ``graph_dir``) the serving graph of the
+    model just scored, in this process (``components.export.save_graph``), so a model costs one
+    TensorFlow start and one model load fewer than as two steps (``python -m bench.steps``)."""
     from components import evaluate as step
+    from components import export
 
-    test, validation = str(Path(splits.path) / "test"), str(Path(splits.path) / "validation")
+    model = export.load_model(model_dir)
+    result = step.run(model_dir, Path(splits_dir) / "test", Path(splits_dir) / "validation", evaluation_dir,
+                      min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap, seed=seed, model=model)
+    if graph_dir is not None:
+        export.save_graph(model_dir, evaluation_dir, graph_dir, model=model)
+    return result
+
+
+def evaluate(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache_dir: str, model, splits, evaluation,
+             metrics, classification, report, graph=None) -> None:
+    def compute():
+        return evaluate_and_save_graph(model.path, splits.path, evaluation.path, graph.path if graph else None,
+                                       min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap, seed=seed)
+
+    outputs = {"evaluation": evaluation.path, **({"graph": graph.path} if graph is not None else {})}
     result, hit = cached(cache_dir, "evaluate", {"min_f1": min_f1, "collapse_sd": collapse_sd, "bootstrap": bootstrap,
                                                  "seed": seed},
-                         {"model": model.path, "splits": splits.path}, {"evaluation": evaluation.path},
-                         lambda: step.run(model.path, test, validation, evaluation.path, min_f1=min_f1,
-                                          collapse_sd=collapse_sd,
-                                          bootstrap=bootstrap, seed=seed))
+                         {"model": model.path, "splits": splits.path}, outputs, compute)
+    if graph is not None:
+        _describe(graph, hit, model_name=result["model_name"], framework="tensorflow-savedmodel", card=False)
     blessing = artifacts.read_blessing(evaluation.path)
     _describe(evaluation, hit, model_name=result["model_name"], blessed=blessing["blessed"])
     _log_metrics(metrics, result)
@@ -233,15 +250,17 @@ def _log_metrics(metrics, result: dict, prefix: str = "") -> None:
         metrics.log_metric(f"{prefix}{name}_ci95_high", round(m["ci_high"], 4))
 
 
-def export(cache_dir: str, model, evaluation, ensemble, saved_model) -> None:
+def export(cache_dir: str, model, evaluation, graph, ensemble, saved_model) -> None:
+    """The evaluate step's graph with its card: no TensorFlow in this step."""
     from components import ensemble as ensemble_step
     from components import export as step
 
     cohort = ensemble.path if (Path(ensemble.path) / ensemble_step.ENSEMBLE).exists() and \
         "id" in artifacts.read_json(ensemble.path, ensemble_step.ENSEMBLE) else None
-    inputs = {"model": model.path, "evaluation": evaluation.path, **({"ensemble": cohort} if cohort else {})}
+    inputs = {"model": model.path, "evaluation": evaluation.path, "graph": graph.path,
+              **({"ensemble": cohort} if cohort else {})}
     card, hit = cached(cache_dir, "export", {}, inputs, {"saved_model": saved_model.path},
-                       lambda: step.run(model.path, evaluation.path, saved_model.path, cohort))
+                       lambda: step.card(graph.path, model.path, evaluation.path, saved_model.path, cohort))
     _describe(saved_model, hit, model_name=card["model_name"], framework="tensorflow-savedmodel")
 
 
