@@ -195,14 +195,17 @@ def run(model_dir: str | Path, examples: str | Path, threshold_from: str | Path,
         target_sensitivity: float | None = None, min_f1: float = 0.70, bootstrap: int = stats.BOOTSTRAP_RESAMPLES,
         seed: int = 0, collapse_sd: float = COLLAPSED_SD, model=None) -> dict:
     """``model``: the Keras model of ``model_dir`` when the caller has it loaded already."""
-    from components import export
+    from components import export, repeatable
     from components.records import tree_sha256
+
+    repeatable.before_tensorflow()       # the same scores on every run (components.repeatable)
 
     model_dir, examples, threshold_from = Path(model_dir), Path(examples), Path(threshold_from)
     training = artifacts.read_json(model_dir, artifacts.TRAINING)
     config = training["config"]
     modality, size = config["modality"], config["image_size"]
     model = model if model is not None else export.load_model(model_dir)
+    repeatable.flush_denormals()
     validation = score(model, threshold_from, modality, size)
     test = score(model, examples, modality, size)
     if len(np.unique(test.y)) < 2:

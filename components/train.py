@@ -19,10 +19,10 @@ layer in every stage, with AdamW (``--weight-decay``), a linear warm-up over
 Deterministic on CPU: the same splits, settings and seed give the same weights on every run
 and machine of the same CPU family (TensorFlow's op determinism, a seeded shuffle of records read
 in a fixed order, stateless augmentation seeded per image and epoch, seeded initialisation and
-dropout, ``--threads`` threads per op whatever the machine has, and Eigen's CPU kernels instead of
-oneDNN's: two identical one-thread trainings with oneDNN parted at their 63rd step, and oneDNN
-picks other kernels on another instruction set; at these image sizes Eigen is about as fast).
-``training.json`` records the threads and kernels a run used. On a GPU, cuDNN's
+dropout, ``--threads`` threads per op whatever the machine has, Eigen's CPU kernels instead of
+oneDNN's (at these image sizes about as fast), and denormals flushed on every thread, however
+busy the machine: ``components.repeatable`` says why each). ``training.json`` records the
+threads, kernels and denormal mode a run used. On a GPU, cuDNN's
 and XLA's kernels are made deterministic by the same switch where they have such a kernel, but
 mixed precision, another GPU model or another number of GPUs (MirroredStrategy's reductions)
 still change the last bits, so a GPU run repeats on the same machine, not across machines.
@@ -43,13 +43,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from components import artifacts, catalog, cli
+from components import artifacts, catalog, cli, repeatable
 from components.atomic import staged_dir, write_json
 
 EAGER_BELOW_STEPS = 20
@@ -158,31 +156,8 @@ class EpochLine:
         return _EpochLine()
 
 
-def _repeatable_cpu_kernels() -> None:
-    """Eigen's CPU kernels, not oneDNN's (see the module docstring). TensorFlow reads the switch
-    once, as it loads: a process that imported it before keeps what it had (recorded)."""
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-
-def _pin_threads(tf, threads: int) -> int:
-    """``threads`` per op and between ops, when this process has not run TensorFlow yet; the
-    number in force either way."""
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:                 # the runtime already started (a test, an earlier step)
-        print(f"[train] TensorFlow already running: its thread pools stay as they are, not {threads}", flush=True)
-    return tf.config.threading.get_intra_op_parallelism_threads()
-
-
-def _onednn() -> bool:
-    from tensorflow.python.util import _pywrap_util_port
-    return bool(_pywrap_util_port.IsMklEnabled())
-
-
 def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
-    _repeatable_cpu_kernels()
+    repeatable.before_tensorflow()
     import keras
     import tensorflow as tf
 
@@ -190,7 +165,8 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
 
     name = catalog.model_name(config.modality, config.backbone, config.strategy)
     data.augmentation(config.augmentation or catalog.modality(config.modality).augmentation)
-    threads = _pin_threads(tf, config.threads)
+    threads = repeatable.pin_threads(tf, config.threads)
+    flushed = repeatable.flush_denormals()
     tf.config.experimental.enable_op_determinism()
     splits = Path(splits)
     strategy, n_gpus = _distribution()
@@ -282,7 +258,8 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
             "stain": _manifest(splits).get("stain"),
             "stages": record, "peak_learning_rate": peak, "epochs_run": len(history.get("loss", [])),
             "best_val_auc": max(history.get("val_auc", [0.0])), "gpus": n_gpus,
-            "mixed_precision": n_gpus > 0, "threads_per_op": threads, "onednn": _onednn(),
+            "mixed_precision": n_gpus > 0, "threads_per_op": threads, "onednn": repeatable.onednn(),
+            "denormals_flushed_on_every_thread": flushed,
             "execution": "eager" if eager else "graph", "started_utc": started.isoformat(timespec="seconds"),
             "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
             "tensorflow": tf.__version__, "keras": keras.__version__,

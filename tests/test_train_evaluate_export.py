@@ -237,8 +237,32 @@ def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
     record = json.loads((tmp_path / "a" / "training.json").read_text())
     assert record["execution"] == "graph"
     assert record["threads_per_op"] == 1 and record["onednn"] is False
+    assert record["denormals_flushed_on_every_thread"] is True
     assert any(l.name == "block1_conv1_bn" for l in a.layers)
     assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
     seeded = [models.build("vgg16", 32, "none", seed).get_weights() for seed in (3, 4)]
     keras.backend.clear_session()
     assert not all(np.array_equal(x, y) for x, y in zip(*seeded))
+
+
+def test_a_functions_inline_ops_flush_denormals_like_the_pool_threads():
+    """Why two studies side by side parted: a tf.function's cheap ops run on the calling thread,
+    which kept denormals, while TensorFlow's pool threads flush them to zero, and which thread
+    runs an op follows the executor's timing. Training and evaluation set the calling thread's
+    FTZ and DAZ too (components.repeatable), so the thread no longer matters."""
+    code = """
+from components import repeatable
+repeatable.before_tensorflow()                                    # Eigen's kernels, as training runs
+import numpy as np, tensorflow as tf
+repeatable.pin_threads(tf, 1)                                     # one thread per op, as training runs
+tiny = tf.constant(np.full([4], 1e-40, np.float32))           # a denormal float32
+times_one = tf.function(lambda x: x * 1.0)
+kept = bool(times_one(tiny).numpy()[0] > 0)                       # compared before DAZ is set
+pooled = bool(tf.reduce_sum(tiny).numpy() == 0)                   # runs on a pool thread
+assert repeatable.flush_denormals()
+print(kept, pooled, times_one(tiny).numpy()[0] == 0)
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["True", "True", "True"], done.stdout + done.stderr[-1500:]
