@@ -6,8 +6,9 @@ Metrics themselves come from scikit-learn; this module adds the resampling aroun
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as sps
-from sklearn import metrics as skm
+
+# scipy and scikit-learn are imported by the functions that use them: importing them costs about
+# 1.5 s of CPU, which every ``python -m pipelines`` command paid for the constants it reads here
 
 METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
            "brier")
@@ -18,6 +19,8 @@ def at_threshold(y: np.ndarray, p: np.ndarray, threshold) -> dict[str, float]:
     """Every metric of METRICS (``threshold``: one, or one per record). The counting ones follow
     from the confusion matrix; the ranking and probability ones are scikit-learn's (nan when a
     class is missing)."""
+    from sklearn import metrics as skm
+
     y = np.asarray(y).astype(int)
     pred = (p >= threshold).astype(int)
     tn, fp, fn, tp = np.bincount(2 * y + pred, minlength=4).astype(float)
@@ -175,6 +178,8 @@ def paired_auc_bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], clusters,
     """Every pair of models scored on the same records: the AUC difference with a paired
     cluster-bootstrap interval (the same resampled patients for both models) and a two-sided
     bootstrap p-value (``bootstrap_p``)."""
+    from sklearn import metrics as skm
+
     y = np.asarray(y)
     names = list(scores)
     aucs = {name: skm.roc_auc_score(y, scores[name]) for name in names}
@@ -241,6 +246,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def choose_threshold(y: np.ndarray, p: np.ndarray, target_sensitivity: float | None = None) -> float:
     """On validation scores: the threshold with the highest F1, or the highest threshold
     whose sensitivity reaches ``target_sensitivity``."""
+    from sklearn import metrics as skm
+
     if len(np.unique(y)) < 2:
         raise ValueError("the threshold split needs both classes")
     if target_sensitivity is not None:
@@ -254,6 +261,8 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, target_sensitivity: float | N
 
 def sensitivity_at_specificity(y: np.ndarray, p: np.ndarray, specificity: float) -> float:
     """The highest sensitivity reached at a specificity of at least ``specificity`` (ROC curve)."""
+    from sklearn import metrics as skm
+
     fpr, tpr, _ = skm.roc_curve(y, p)
     ok = fpr <= 1 - specificity + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
@@ -275,6 +284,8 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
+    from scipy import stats as sps
+
     return sps.rankdata(x, method="average")
 
 
@@ -282,6 +293,8 @@ def delong(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> dict[str, float]:
     """DeLong et al. (1988) test that two correlated ROC AUCs (same examples) are equal, in
     the fast midrank form of Sun & Xu (2014). Returns both AUCs, the difference, its standard
     error, z and the two-sided p-value."""
+    from scipy import stats as sps
+
     y = np.asarray(y).astype(bool)
     pos, neg = np.nonzero(y)[0], np.nonzero(~y)[0]
     m, n = len(pos), len(neg)
