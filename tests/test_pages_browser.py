@@ -11,7 +11,7 @@ from components import records, schema
 from gateway.app import GatewayConfig, create_app
 from serving import repository
 from serving.server import Server
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, ULTRASOUND_UNFROZEN
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIV
 @pytest.fixture(scope="module")
 def site(pipeline_outputs, sample_splits, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser-repo")
-    for out in pipeline_outputs.values():
-        repository.push(out / "saved_model", root)
+    for name in ULTRASOUND_UNFROZEN:          # the pages the test visits: a model, its cohort
+        repository.push(pipeline_outputs[name] / "saved_model", root)
     server = Server(root, port=0)
     app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}"))
     http = make_server("127.0.0.1", 0, app, threaded=True)
