@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components import catalog, ensemble, evaluate, export, extract, sample_data, split, stain, train
+from components import catalog, ensemble, export, extract, sample_data, split, stain, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -137,26 +137,29 @@ def pipeline_outputs(sample_splits, tmp_path_factory):
 
 
 def _train_every_combination(sample_splits, base: Path) -> dict[str, Path]:
+    """As the pipeline does it: train; evaluate and save the serving graph in one go (one model
+    load); the cohort ensemble; then each export's card (``components.export.card``)."""
     import keras
+
+    from pipelines import steps
 
     base.mkdir(parents=True, exist_ok=True)
     outputs = {}
     for (backbone, strategy), modality in COMBOS.items():
         name = catalog.model_name(modality, backbone, strategy)
         splits = sample_splits[modality]
-        # from scratch, progressive trains two all-layer stages (half size, then full): 2 epochs
         # batch 32: two eager steps an epoch, not three (each costs seconds of Python dispatch)
         config = train.TrainConfig(modality=modality, backbone=backbone, strategy=strategy, image_size=32,
                                    epochs=1 if strategy == "unfrozen" else 2, batch_size=32, weights="none", seed=1)
         train.run(splits, base / name / "model", config)
-        evaluate.run(base / name / "model", splits / "test", splits / "validation", base / name / "eval",
-                     min_f1=0.0, bootstrap=200, collapse_sd=0.0)
+        steps.evaluate_and_save_graph(str(base / name / "model"), str(splits), str(base / name / "eval"),
+                                      str(base / name / "graph"), min_f1=0.0, collapse_sd=0.0, bootstrap=200, seed=0)
         outputs[name] = base / name
         keras.backend.clear_session()
     ensemble.run([outputs[n] / "eval" for n in ULTRASOUND_UNFROZEN], base / "ensemble", bootstrap=200, collapse_sd=0.0)
     for name, out in outputs.items():
-        export.run(out / "model", out / "eval", out / "saved_model", base / "ensemble" if name in ULTRASOUND_UNFROZEN else None)
-        keras.backend.clear_session()
+        export.card(out / "graph", out / "model", out / "eval", out / "saved_model",
+                    base / "ensemble" if name in ULTRASOUND_UNFROZEN else None)
     return outputs
 
 

@@ -65,37 +65,38 @@ def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pi
 
 
 def test_an_export_in_two_halves_equals_the_export_in_one(pipeline_outputs, sample_splits, tmp_path):
-    """The pipeline's way: the evaluate step saves the graph of the model it has just scored,
-    the export step adds the card after the ensemble, without TensorFlow. Same signatures, same
-    answers, same card as one export; a graph saved for another evaluation is refused."""
+    """The pipeline's way, which the trained-models fixture follows: the evaluate step saves the
+    graph of the model it has just scored, the export step adds the card after the ensemble,
+    without TensorFlow. Same signatures, answers and card as one export in one process; a graph
+    saved for another evaluation is refused."""
     name = catalog.model_name("ultrasound", "vgg16", "unfrozen")
     out = pipeline_outputs[name]
-    facts = export.save_graph(out / "model", out / "eval", tmp_path / "graph")
-    assert not (tmp_path / "graph" / "assets.extra" / "model_card.json").exists()
+    assert not (out / "graph" / "assets.extra" / "model_card.json").exists()
     ensemble_dir = out.parent / "ensemble"
     code = ("import sys; from components import export; "
-            f"export.card({str(tmp_path / 'graph')!r}, {str(out / 'model')!r}, {str(out / 'eval')!r}, "
-            f"{str(tmp_path / 'export')!r}, {str(ensemble_dir)!r}); "
+            f"export.card({str(out / 'graph')!r}, {str(out / 'model')!r}, {str(out / 'eval')!r}, "
+            f"{str(tmp_path / 'halves')!r}, {str(ensemble_dir)!r}); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'the card half imported TensorFlow'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
+    export.run(out / "model", out / "eval", tmp_path / "whole", ensemble_dir)
 
     def card(folder):
         c = json.loads((folder / "assets.extra" / "model_card.json").read_text())
         return {k: v for k, v in c.items() if k != "exported_utc"}
-    assert card(tmp_path / "export") == card(out / "saved_model")
-    assert card(tmp_path / "export")["cohort_ensemble"]["members"] and facts["model_name"] == name
+    assert card(tmp_path / "halves") == card(tmp_path / "whole") == card(out / "saved_model")
+    assert card(out / "saved_model")["cohort_ensemble"]["members"]
     pngs = tf.constant([schema.deserialize(r).image_png for r in records.read_records(sample_splits["ultrasound"] / "test")][:4])
-    halves = tf.saved_model.load(str(tmp_path / "export")).signatures
-    whole = tf.saved_model.load(str(out / "saved_model")).signatures
+    halves = tf.saved_model.load(str(out / "saved_model")).signatures
+    whole = tf.saved_model.load(str(tmp_path / "whole")).signatures
     assert {"serving_default", "explain"} <= set(halves)
     np.testing.assert_array_equal(halves["serving_default"](image_bytes=pngs)["probability"].numpy(),
                                   whole["serving_default"](image_bytes=pngs)["probability"].numpy())
     other = catalog.model_name("ultrasound", "resnet50", "unfrozen")
     with pytest.raises(cli.UserError, match="evaluated"):
-        export.card(tmp_path / "graph", out / "model", pipeline_outputs[other] / "eval", tmp_path / "wrong")
+        export.card(out / "graph", out / "model", pipeline_outputs[other] / "eval", tmp_path / "wrong")
     with pytest.raises(cli.UserError, match="was not saved from"):
-        export.card(tmp_path / "graph", pipeline_outputs[other] / "model", pipeline_outputs[other] / "eval",
+        export.card(out / "graph", pipeline_outputs[other] / "model", pipeline_outputs[other] / "eval",
                     tmp_path / "wrong")
     assert not (tmp_path / "wrong").exists()
 
