@@ -9,10 +9,11 @@
         -> gather the folds' evaluations -> pool (out-of-fold evaluation)
 
 Every step is a process of its own, and a process with TensorFlow costs seconds before it does
-anything (import, model load): a model starts TensorFlow twice after extraction, to train and to
-evaluate. The evaluate step also saves the serving graph of the model it has just scored; the
-export step, which must wait for the cohort ensemble its card names, only copies that graph and
-writes the card.
+anything (import, model load). Between its training and its push a model costs one: the
+evaluate step also saves the serving graph of the model it has just scored, and the export
+step, which must wait for the cohort ensemble its card names, only copies that graph and writes
+the card. (The push loads the export once more to verify it; the challenge loads the stable
+version when there is one.)
 
 Validation runs on the splits rather than before them: its drift and skew checks compare train
 with test, and a split that lost a class is exactly what it must catch before training.
