@@ -29,25 +29,16 @@ WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway
                                                    "test_pages_browser", "test_train_evaluate_export")},
                  **{m: "pipeline-run" for m in ("test_pipelines", "test_operations", "test_serving")}}
 LATE = ("test_operations", "test_serving")
-EARLY = ("test_end_to_end_data",)       # real-data extracts: 10-30 s a test
-# tests of a grouped module that use none of its shared fixtures, and the group they run with
-# instead: the determinism test (about 40 s) balances the pipeline worker, which has less to do
-REGROUPED = {"test_train_evaluate_export.py::test_training_twice_gives_the_same_weights": "pipeline-run"}
+# tests of a grouped module that use none of its shared fixtures: free to run on either worker
+UNGROUPED = {"test_train_evaluate_export.py::test_training_twice_gives_the_same_weights"}
 
 
 def _module(nodeid: str) -> str:
     return nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
 
 
-def _regrouped(nodeid: str) -> str | None:
-    return REGROUPED.get(nodeid.rsplit("/", 1)[-1].split("[", 1)[0])
-
-
 def pytest_collection_modifyitems(items):
-    # stable: otherwise as collected. xdist hands out the two groups first (the largest scopes),
-    # then single tests in this order: the long ones first, so that neither worker is left with
-    # one of them while the other has nothing to do
-    items.sort(key=lambda item: (_module(item.nodeid) not in EARLY, _module(item.nodeid) in LATE))
+    items.sort(key=lambda item: _module(item.nodeid) in LATE)       # stable: otherwise as collected
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -57,7 +48,9 @@ def pytest_xdist_make_scheduler(config, log):
 
     class Grouped(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _regrouped(nodeid) or WORKER_GROUPS.get(_module(nodeid), nodeid)
+            if nodeid.rsplit("/", 1)[-1].split("[", 1)[0] in UNGROUPED:
+                return nodeid
+            return WORKER_GROUPS.get(_module(nodeid), nodeid)
 
     return Grouped(config, log)
 
