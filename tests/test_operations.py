@@ -199,3 +199,17 @@ def test_drift_report_sounds_the_alarm_for_images_of_another_modality(pipeline_o
     text = report.read_text()
     assert "**drift in" in text and (report.parent / f"{NAME}-v1-mean.png").stat().st_size > 2000
     assert "<img" in (report.parent / "report.html").read_text()
+
+
+def test_label_commands_refuse_a_model_name_with_a_path_in_it(tmp_path):
+    """promote, rollback and labels name a model folder: a name with ``../`` is refused with
+    what a name must look like, before any file is opened, and nothing appears beside the
+    repository."""
+    root = tmp_path / "area" / "repo"
+    root.mkdir(parents=True)
+    for args in (["promote", "../../outside", "1", "--reason", "attack"], ["rollback", "../outside", "--reason", "attack"],
+                 ["labels", "../../outside"]):
+        done = run_cli("serving", *args, "--model-repo", str(root), check=False)
+        assert done.returncode == 2, done.stderr
+        assert "is not <modality>-<backbone>-<strategy>" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["area", "repo"]
