@@ -52,7 +52,9 @@ def pin_threads(tf, threads: int) -> int:
 
 def flush_denormals() -> bool:
     """Set FTZ and DAZ on this thread, as TensorFlow's pool threads have them; True when they
-    are set (x86-64 with glibc; elsewhere False and nothing changes)."""
+    are set (x86-64 with glibc; elsewhere False and nothing changes). The thread keeps them:
+    numpy on it flushes denormals too, which a training or evaluation process wants, and which
+    a caller that imports ``components.evaluate`` into a process of its own should know."""
     if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
         return False
     libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
