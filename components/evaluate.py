@@ -198,8 +198,6 @@ def run(model_dir: str | Path, examples: str | Path, threshold_from: str | Path,
     from components import export, repeatable
     from components.records import tree_sha256
 
-    repeatable.before_tensorflow()       # the same scores on every run (components.repeatable)
-
     model_dir, examples, threshold_from = Path(model_dir), Path(examples), Path(threshold_from)
     training = artifacts.read_json(model_dir, artifacts.TRAINING)
     config = training["config"]

@@ -204,6 +204,11 @@ def _write_card(stage: Path, training: dict, evaluation: dict, evaluation_dir: P
 
 
 def load_model(model_dir: str | Path):
+    """The Keras model a training saved. Loading it is where a scoring process first starts
+    TensorFlow, so Eigen's kernels are chosen here (``components.repeatable``)."""
+    from components import repeatable
+
+    repeatable.before_tensorflow()
     import keras
 
     from components import models  # noqa: F401  (registers BackbonePreprocess for loading)
@@ -228,11 +233,10 @@ def card(graph_dir: str | Path, model_dir: str | Path, evaluation_dir: str | Pat
     pictures. No TensorFlow: it runs after the cohort ensemble, which the card names."""
     graph_dir, model_dir, evaluation_dir = Path(graph_dir), Path(model_dir), Path(evaluation_dir)
     training, evaluation = _inputs(model_dir, evaluation_dir)
-    built = artifacts.read_json(graph_dir / "assets.extra", GRAPH, default={})
-    if built != _graph_facts(training, evaluation):
+    built, wanted = artifacts.read_json(graph_dir / "assets.extra", GRAPH, default={}), _graph_facts(training, evaluation)
+    if built != wanted:
         raise cli.UserError(f"{graph_dir} was not saved from {model_dir} with the threshold and temperature of "
-                            f"{evaluation_dir} ({built} != {_graph_facts(training, evaluation)}); save it again "
-                            "with components.export --graph-only")
+                            f"{evaluation_dir} ({built} != {wanted}); save it again with components.export --graph-only")
     with staged_dir(out) as stage:
         shutil.copytree(graph_dir, stage, dirs_exist_ok=True)
         return _write_card(stage, training, evaluation, evaluation_dir, Path(ensemble_dir) if ensemble_dir else None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import struct
@@ -50,6 +51,12 @@ def pin_threads(tf, threads: int) -> int:
     return tf.config.threading.get_intra_op_parallelism_threads()
 
 
+@functools.cache
+def _libm() -> ctypes.CDLL:
+    # find_library runs ldconfig in a subprocess: once a process, not on every evaluation
+    return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+
+
 def flush_denormals() -> bool:
     """Set FTZ and DAZ on this thread, as TensorFlow's pool threads have them; True when they
     are set (x86-64 with glibc; elsewhere False and nothing changes). The thread keeps them:
@@ -57,7 +64,7 @@ def flush_denormals() -> bool:
     a caller that imports ``components.evaluate`` into a process of its own should know."""
     if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
         return False
-    libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    libm = _libm()
     env = ctypes.create_string_buffer(64)            # fenv_t is 32 bytes; room to spare
     if libm.fegetenv(env) != 0:
         return False

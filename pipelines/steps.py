@@ -124,9 +124,8 @@ def evaluate_and_save_graph(model_dir: str, splits_dir: str, evaluation_dir: str
     model just scored, in this process (``components.export.save_graph``), so a model costs one
     TensorFlow start and one model load fewer than as two steps (``python -m bench.steps``)."""
     from components import evaluate as step
-    from components import export, repeatable
+    from components import export
 
-    repeatable.before_tensorflow()
     model = export.load_model(model_dir)
     result = step.run(model_dir, Path(splits_dir) / "test", Path(splits_dir) / "validation", evaluation_dir,
                       min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap, seed=seed, model=model)
