@@ -50,11 +50,15 @@ def serving_module(model, modality: str, image_size: int, threshold: float, last
             image = stain.normalize_tf(preprocess.to_rgb(image), stain_reference)
         return preprocess.model_input(image, modality, image_size)
 
+    # The SavedModel tracks the models' variables, not the Keras objects (as keras.export's
+    # ExportArchive does): walking a DenseNet's 400 layers for trackables, and tracing each Keras
+    # model's own default signature, took longer than tracing both of ours.
+    grad_model = keras.Model(model.inputs, [model.get_layer(last_conv).output, model.output])
+
     class Servable(tf.Module):
         def __init__(self):
             super().__init__()
-            self.model = model
-            self.grad_model = keras.Model(model.inputs, [model.get_layer(last_conv).output, model.output])
+            self.variables_of_the_model = list(model.variables)
             self.threshold = tf.constant(threshold, tf.float32)
             self.temperature = tf.constant(temperature, tf.float32)
 
@@ -69,7 +73,7 @@ def serving_module(model, modality: str, image_size: int, threshold: float, last
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve(self, image_bytes):
-            p = tf.reshape(self.calibrated(self.model(self.images(image_bytes), training=False)), [-1])
+            p = tf.reshape(self.calibrated(model(self.images(image_bytes), training=False)), [-1])
             return {"probability": p, "label": tf.cast(p >= self.threshold, tf.int64),
                     "threshold": tf.fill(tf.shape(p), self.threshold)}
 
@@ -77,7 +81,7 @@ def serving_module(model, modality: str, image_size: int, threshold: float, last
         def explain(self, image_bytes):
             images = self.images(image_bytes)
             with tf.GradientTape() as tape:
-                conv, prob = self.grad_model(images, training=False)
+                conv, prob = grad_model(images, training=False)
                 prob = self.calibrated(prob)
                 # explain the decision taken: evidence for "positive" above the threshold,
                 # for "negative" below it (otherwise a negative call shows an empty map)
