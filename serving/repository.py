@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from components.export import WARMUP_FILE
 from serving import protos
 
 CARD = Path("assets.extra") / "model_card.json"
@@ -147,6 +147,16 @@ def export_digest(export_dir: Path) -> str:
     return tree_sha256(export_dir, exclude=[DIGEST.as_posix()])
 
 
+def serving_digest(export_dir: Path) -> str:
+    """sha256 over what loading and warming up an export reads: the graph, variables, assets and
+    warm-up requests, not the card, the pictures or the digest file."""
+    from components.records import file_digests, sha256_bytes
+
+    kept = {rel: d for rel, d in file_digests(export_dir).items()
+            if not rel.startswith("assets.extra/") or rel == f"assets.extra/{WARMUP_FILE}"}
+    return sha256_bytes(json.dumps(kept, sort_keys=True).encode())
+
+
 @contextlib.contextmanager
 def _locked(root: Path):
     """One writer at a time: pipelines of several modalities push into one repository, and each
@@ -187,12 +197,18 @@ def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str
         return _push_locked(export_dir, root, model, digest, keep, base_path, canary, user)
 
 
-@functools.lru_cache(maxsize=64)
-def _load_problem(export_dir: str, digest: str) -> str | None:
-    """Why the export does not serve (cached per content: tests push one export many times)."""
+_LOAD_PROBLEMS: dict[str, str | None] = {}      # serving digest -> why it does not serve (None: it does)
+
+
+def _load_problem(export_dir: Path) -> str | None:
+    """Why the export does not serve, found once a process per content that loading reads
+    (``serving_digest``): an operator or a test pushes one graph with several cards."""
     from serving.server import verify_export
 
-    return verify_export(export_dir)
+    key = serving_digest(export_dir)
+    if key not in _LOAD_PROBLEMS:
+        _LOAD_PROBLEMS[key] = verify_export(export_dir)
+    return _LOAD_PROBLEMS[key]
 
 
 def _push_locked(export_dir: Path, root: Path, model: str, digest: str, keep: int, base_path: str | None,
@@ -204,7 +220,7 @@ def _push_locked(export_dir: Path, root: Path, model: str, digest: str, keep: in
         write_configs(root, base_path)
         return PushResult(model, existing[-1], False, "identical to the latest version; nothing pushed")
     version = (existing[-1] + 1) if existing else 1
-    problem = _load_problem(str(export_dir.resolve()), digest)
+    problem = _load_problem(export_dir)
     if problem:
         # no version number: nothing was published, and the next push takes this number
         history.append(root, model, "refused", user=user, evidence={"export_sha256": digest, **(canary or {})},

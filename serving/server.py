@@ -182,7 +182,7 @@ class LoadedVersion:
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_log_pb2
 
-        path = self.path / "assets.extra" / "tf_serving_warmup_requests"
+        path = self.path / "assets.extra" / repository.WARMUP_FILE
         count = 0
         if path.exists():
             for raw in tf.data.TFRecordDataset(str(path)):

@@ -89,7 +89,7 @@ def local_run(sample_sources, tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline-run")
     args = ["pipelines", "run", "--modality", "histopathology", "--data", str(sample_sources["histopathology"]),
             "--model-repo", str(base / "repo"), "--work-dir", str(base / "work"), "--image-size", "32",
-            "--epochs", "2", "--head-epochs", "1", "--batch-size", "16", "--min-f1", "0", "--collapse-sd", "0",
+            "--epochs", "2", "--head-epochs", "1", "--batch-size", "32", "--min-f1", "0", "--collapse-sd", "0",
             "--weights", "none",
             "--bootstrap", "100", "--seed", "1", "--backbones", ",".join(LOCAL_BACKBONES),
             "--strategies", ",".join(LOCAL_STRATEGIES)]
@@ -219,7 +219,7 @@ def cv_run(local_run):
     (its extract step comes from the cache): two folds test the plumbing as well as five."""
     args = ["pipelines", "cv", "--modality", "histopathology", "--data", local_run["args"][local_run["args"].index("--data") + 1],
             "--work-dir", str(local_run["base"] / "work"), "--folds", "2", "--backbones", "vgg16",
-            "--strategies", "unfrozen", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--min-f1", "0",
+            "--strategies", "unfrozen", "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--min-f1", "0",
             "--collapse-sd", "0", "--weights", "none", "--bootstrap", "100", "--seed", "1"]
     out = run_cli(*args)
     (run_dir,) = [p.parent for p in (local_run["base"] / "work").glob("histopathology-cv-*/manifest.json")]
