@@ -6,13 +6,6 @@ the same bits on every run, however busy the machine is.
   switch once, as it loads, so it is set before the import (``before_tensorflow``).
 - A fixed number of threads per op (``pin_threads``): a reduction split over another number of
   threads adds up in another order.
-- Every op on the thread that runs the step (``pin_threads``, no pool between ops): which of
-  two threads ran an op followed the executor's timing. With one pool thread between ops, two
-  one-thread VGG16 trainings side by side beside a spinning process parted in 1 pair of 10 (at
-  the 19th step: the first layer's batch mean moved by a rounding, with the same weights and
-  byte-identical batches; the suite's two-process training test failed once in four runs);
-  with every op on the calling thread, in none of 9 pairs so far. Why the thread changes the
-  bits when both flush denormals is not known yet.
 - Denormals flushed on the calling thread too (``flush_denormals``). TensorFlow's own pool
   threads flush denormal floats to zero (FTZ and DAZ in the SSE control register), but a
   ``tf.function``'s cheap ops run inline on the thread that called it, which does not, and which
@@ -41,11 +34,6 @@ def before_tensorflow() -> None:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
-def ops_on_the_calling_thread(tf) -> bool:
-    """Whether this process runs every op on the thread that called it (``pin_threads``)."""
-    return tf.config.threading.get_inter_op_parallelism_threads() < 0
-
-
 def onednn() -> bool:
     """Whether this process's TensorFlow runs oneDNN's kernels (recorded with a training)."""
     from tensorflow.python.util import _pywrap_util_port
@@ -53,12 +41,11 @@ def onednn() -> bool:
 
 
 def pin_threads(tf, threads: int) -> int:
-    """``threads`` per op, and every op on the calling thread (TensorFlow's "negative: all
-    operations are performed in caller's thread"), when this process has not run TensorFlow
-    yet; the number per op in force either way."""
+    """``threads`` per op and between ops, when this process has not run TensorFlow yet; the
+    number in force either way."""
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(-1)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:                 # the runtime already started (a test, an earlier step)
         print(f"[train] TensorFlow already running: its thread pools stay as they are, not {threads}", flush=True)
     return tf.config.threading.get_intra_op_parallelism_threads()
