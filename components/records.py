@@ -83,8 +83,14 @@ def file_digests(path: str | os.PathLike, exclude: Iterable[str] = ()) -> dict[s
 
 def tree_sha256(path: str | os.PathLike, exclude: Iterable[str] = ()) -> str:
     """One sha256 over a file or a whole folder: every file's relative path and bytes."""
+    return combined_sha256(file_digests(path, exclude))
+
+
+def combined_sha256(digests: dict[str, str]) -> str:
+    """One sha256 over ``file_digests``' answer (or a part of it), in its order: paths and
+    contents."""
     h = hashlib.sha256()
-    for rel, digest in file_digests(path, exclude).items():
+    for rel, digest in digests.items():
         h.update(rel.encode() + b"\0" + bytes.fromhex(digest))
     return h.hexdigest()
 

@@ -142,19 +142,24 @@ def labels(root: str | Path, model: str) -> dict[str, int]:
 
 def export_digest(export_dir: Path) -> str:
     """sha256 over every file of a SavedModel export (paths and bytes), the digest file aside."""
-    from components.records import tree_sha256
+    from components.records import combined_sha256
 
-    return tree_sha256(export_dir, exclude=[DIGEST.as_posix()])
+    return combined_sha256(_file_digests(export_dir))
 
 
-def serving_digest(export_dir: Path) -> str:
-    """sha256 over what loading and warming up an export reads: the graph, variables, assets and
-    warm-up requests, not the card, the pictures or the digest file."""
-    from components.records import file_digests, sha256_bytes
+def serving_digest(files: dict[str, str]) -> str:
+    """sha256 over what loading and warming up an export reads (of its ``_file_digests``): the
+    graph, variables, assets and warm-up requests, not the card or the pictures."""
+    from components.records import combined_sha256
 
-    kept = {rel: d for rel, d in file_digests(export_dir).items()
-            if not rel.startswith("assets.extra/") or rel == f"assets.extra/{WARMUP_FILE}"}
-    return sha256_bytes(json.dumps(kept, sort_keys=True).encode())
+    return combined_sha256({rel: d for rel, d in files.items()
+                            if not rel.startswith("assets.extra/") or rel == f"assets.extra/{WARMUP_FILE}"})
+
+
+def _file_digests(export_dir: Path) -> dict[str, str]:
+    from components.records import file_digests
+
+    return file_digests(export_dir, exclude=[DIGEST.as_posix()])
 
 
 @contextlib.contextmanager
@@ -192,35 +197,37 @@ def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str
         raise ValueError(f"{export_dir / CARD} fails the card schema: {'; '.join(problems)}; nothing was pushed")
     model = card_["model_name"]
     model_folder(root, model)
-    digest = export_digest(export_dir)
+    files = _file_digests(export_dir)          # read once: the export's digest and the load's
     with _locked(root):
-        return _push_locked(export_dir, root, model, digest, keep, base_path, canary, user)
+        return _push_locked(export_dir, root, model, files, keep, base_path, canary, user)
 
 
 _LOAD_PROBLEMS: dict[str, str | None] = {}      # serving digest -> why it does not serve (None: it does)
 
 
-def _load_problem(export_dir: Path) -> str | None:
+def _load_problem(export_dir: Path, files: dict[str, str]) -> str | None:
     """Why the export does not serve, found once a process per content that loading reads
     (``serving_digest``): an operator or a test pushes one graph with several cards."""
     from serving.server import verify_export
 
-    key = serving_digest(export_dir)
+    key = serving_digest(files)
     if key not in _LOAD_PROBLEMS:
         _LOAD_PROBLEMS[key] = verify_export(export_dir)
     return _LOAD_PROBLEMS[key]
 
 
-def _push_locked(export_dir: Path, root: Path, model: str, digest: str, keep: int, base_path: str | None,
+def _push_locked(export_dir: Path, root: Path, model: str, files: dict[str, str], keep: int, base_path: str | None,
                  canary: dict | None, user: str | None) -> PushResult:
+    from components.records import combined_sha256
     from serving import history
 
+    digest = combined_sha256(files)
     existing = versions(root, model)
     if existing and _digest_of(root / model / str(existing[-1])) == digest:
         write_configs(root, base_path)
         return PushResult(model, existing[-1], False, "identical to the latest version; nothing pushed")
     version = (existing[-1] + 1) if existing else 1
-    problem = _load_problem(export_dir)
+    problem = _load_problem(export_dir, files)
     if problem:
         # no version number: nothing was published, and the next push takes this number
         history.append(root, model, "refused", user=user, evidence={"export_sha256": digest, **(canary or {})},

@@ -216,7 +216,7 @@ def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
 
     The two run one after the other. Side by side, beside the other worker, they parted in one
     suite run of four (2026-12-02): on a busy machine a training still parts now and then at a
-    rounding (issue 19, open; README, "Repeatable training"). This test checks what it names,
+    rounding (issue 19, open; README, "Deterministic on CPU"). This test checks what it names,
     the thread settings, and stays as strict as it was: any difference fails it."""
     def start(name, seed, machine_threads):
         # batch 4: over train.EAGER_BELOW_STEPS steps, so the traced graph the study runs is what repeats
