@@ -2,7 +2,7 @@
 
 The cluster bootstrap as it was (``stats.bootstrap_reference``: one scikit-learn call per
 metric and resample) against the vectorised one (``stats.bootstrap``), on the same records and
-resamples, and the whole evaluation (``evaluate.report``: temperature, threshold, every metric
+resamples, and the whole evaluation (``scoring.report``: temperature, threshold, every metric
 pooled and per source with its interval, the pictures) timed. By default on the largest test
 split of a study (``--predictions`` an evaluation's ``predictions.csv``), else on synthetic
 scores of that size.
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from components import evaluate, stats
+from components.evaluation import predictions, scoring, stats
 
 
-def synthetic(records: int, patients: int, sources: int, seed: int = 0) -> evaluate.Scored:
+def synthetic(records: int, patients: int, sources: int, seed: int = 0) -> predictions.Scored:
     rng = np.random.default_rng(seed)
     y = (rng.random(records) < 0.3).astype(int)
     p = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0.001, 0.999)
     who = rng.integers(0, patients, records)
-    return evaluate.Scored(y, p, [f"r{i}" for i in range(records)], [f"p{k}" for k in who],
+    return predictions.Scored(y, p, [f"r{i}" for i in range(records)], [f"p{k}" for k in who],
                            [f"s{k % sources}" for k in who])
 
 
@@ -36,8 +36,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--resamples", type=int, default=stats.BOOTSTRAP_RESAMPLES)
     args = ap.parse_args(argv)
     if args.predictions:
-        test = evaluate.read_predictions(Path(args.predictions))
-        clusters = evaluate.read_groups(Path(args.predictions).parent)
+        test = predictions.read(Path(args.predictions))
+        clusters = predictions.groups(Path(args.predictions).parent)
         where = args.predictions
     else:
         test = synthetic(1500, 4, 2)
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     validation = synthetic(len(test.y) // 2, 4, len(set(test.sources)), seed=1)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        evaluate.report("ultrasound-densenet121-unfrozen", "ultrasound", validation, test, Path(tmp) / "test",
+        scoring.report("ultrasound-densenet121-unfrozen", "ultrasound", validation, test, Path(tmp) / "test",
                         Path(tmp) / "validation", Path(tmp) / "out", bootstrap=args.resamples)
         report_s = time.perf_counter() - started
     print(f"whole evaluation from scores (calibration, threshold, every metric pooled and per source with its "

@@ -46,11 +46,12 @@ MODALITY, STRATEGY = "ultrasound", "unfrozen"
 def export_untrained(backbone: str, size: int, out: Path) -> None:
     import tensorflow as tf
 
-    from components import catalog, export, models
-    from components.atomic import write_json
+    from components.core import artifacts, catalog
+    from components.core.atomic import write_json
+    from components.model import backbones, graph
 
-    model = models.build(backbone, size, None)
-    module = export.serving_module(model, MODALITY, size, 0.5, models.BACKBONES[backbone].last_conv)
+    model = backbones.build(backbone, size, None)
+    module = graph.serving_module(model, MODALITY, size, 0.5, backbones.BACKBONES[backbone].last_conv)
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve, "explain": module.explain})
     name = catalog.model_name(MODALITY, backbone, STRATEGY)
     (out / "assets.extra").mkdir(exist_ok=True)
@@ -60,7 +61,7 @@ def export_untrained(backbone: str, size: int, out: Path) -> None:
         "label_names": list(catalog.modality(MODALITY).label_names), "threshold": 0.5, "image_size": size,
         "test_metrics": {m: nan for m in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")},
         "note": "untrained weights, latency benchmark only"})
-    export.warmup_records(out / "assets.extra" / export.WARMUP_FILE, name, size)
+    graph.warmup_records(out / "assets.extra" / artifacts.WARMUP_FILE, name, size)
 
 
 def wait_http(url: str, seconds: float = 180) -> None:
@@ -172,7 +173,7 @@ def main(argv: list[str]) -> int:
     import tensorflow as tf
     from PIL import Image
 
-    from components import catalog
+    from components.core import catalog
     from serving import repository
     from serving.client import ServingClient
 

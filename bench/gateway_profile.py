@@ -33,8 +33,8 @@ CATEGORIES = (
     # a blocking gRPC call waits in next_event; a future's caller in a lock's acquire
     ("waiting for the model server", ("'next_event' of 'grpc", "'acquire' of '_thread.lock'")),
     ("gRPC client: request, response protos", ("grpc/", "serving/client.py", "google/protobuf", "tensorflow_serving")),
-    ("image check: header, full decode", ("components/images.py", "PIL/")),
-    ("input statistics (drift)", ("components/inputstats.py", "numpy/")),
+    ("image check: header, full decode", ("components/imaging/images.py", "PIL/")),
+    ("input statistics (drift)", ("components/imaging/inputstats.py", "numpy/")),
     ("metrics (Prometheus)", ("prometheus_client/",)),
     ("JSON and base64: body, answer", ("json/", "base64.py", "binascii", "flask/json")),
     ("Flask and Werkzeug: request, routing, response", ("flask/", "werkzeug/", "jinja2/", "click/")),
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     from PIL import Image
 
-    from components import catalog
+    from components.core import catalog
     from gateway.app import GatewayConfig, create_app
     from serving import repository
     from serving.client import ServingClient

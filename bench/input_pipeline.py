@@ -50,9 +50,9 @@ def rate(batches, n_batches: int, warmup: int = 3) -> float:
 
 
 def ours(examples: Path, modality: str, size: int, batch_size: int, n_batches: int) -> float:
-    from components import data
+    from components.model import inputs
 
-    ds = data.dataset(examples, modality, size, batch_size, training=True).repeat()
+    ds = inputs.dataset(examples, modality, size, batch_size, training=True).repeat()
     return rate(ds, n_batches)
 
 
@@ -61,7 +61,7 @@ def report_style(examples: Path, modality: str, size: int, batch_size: int, n_ba
     import cv2
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
-    from components import records, schema
+    from components.data import records, schema
 
     start = time.perf_counter()
     recs = [schema.deserialize(r) for r in records.read_records(examples)]
@@ -78,9 +78,9 @@ def report_style(examples: Path, modality: str, size: int, batch_size: int, n_ba
 def train_step_rate(backbone: str, size: int, batch_size: int, steps: int = 5) -> float:
     import keras
 
-    from components import models
+    from components.model import backbones
 
-    model = models.build(backbone, size)
+    model = backbones.build(backbone, size)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy")
     x = np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype("float32")
     y = (np.arange(batch_size) % 2).astype("float32")

@@ -130,7 +130,8 @@ def test_split(tmp: Path) -> Path:
 
 def candidate(splits: Path, out: Path, name: str, better: bool) -> Path:
     """An evaluation of ``name`` whose probabilities follow the labels (better) or oppose them."""
-    from components import evaluate, records, schema
+    from components.data import records, schema
+    from components.evaluation import predictions, scoring
 
     rng = np.random.default_rng(1 if better else 2)
 
@@ -138,9 +139,9 @@ def candidate(splits: Path, out: Path, name: str, better: bool) -> Path:
         recs = [schema.deserialize(r) for r in records.read_records(splits / split)]
         y = np.array([r.label for r in recs])
         p = np.clip((0.2 + 0.6 * y if better else 0.7 - 0.4 * y) + rng.normal(0, 0.05, len(y)), 0.01, 0.99)
-        return evaluate.Scored(y, p, [r.source_id for r in recs], [r.patient_id for r in recs], [r.source for r in recs])
+        return predictions.Scored(y, p, [r.source_id for r in recs], [r.patient_id for r in recs], [r.source for r in recs])
 
-    evaluate.report(name, MODALITY, scored("validation"), scored("test"), splits / "test", splits / "validation", out,
+    scoring.report(name, MODALITY, scored("validation"), scored("test"), splits / "test", splits / "validation", out,
                     min_f1=0.0, bootstrap=500)
     return out
 
@@ -158,8 +159,8 @@ def main(argv: list[str]) -> int:
         return 2
     from PIL import Image
 
-    from components import catalog
-    from serving import repository
+    from components.core import catalog
+    from serving import layout, repository
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,22 +188,23 @@ def main(argv: list[str]) -> int:
                 if is_better is None:              # a broken export: the push's own check refuses it
                     r = repository.push(export_dir, repo, canary={"blessed": True, "reason": "operator"})
                     decisions.append({"candidate": "broken", "pushed": r.pushed, "reason": r.reason})
-                    return f"{r.reason}; labels now {repository.labels(repo, name)}"
+                    return f"{r.reason}; labels now {layout.labels(repo, name)}"
                 evaluation = candidate(splits, tmp / f"eval-{export_dir.name}", name, is_better)
-                verdict = challenge.run(evaluation, splits / "test", repo, tmp / f"challenge-{export_dir.name}",
+                verdict = challenge.run(evaluation, splits / "test", layout.stable_version(repo, name),
+                                        tmp / f"challenge-{export_dir.name}",
                                         bootstrap=500)
                 decision = {"candidate": export_dir.name, "blessed": verdict["blessed"], "reason": verdict["reason"]}
                 if verdict["blessed"]:
                     decision["push"] = repository.push(export_dir, repo, canary=verdict).reason
                 decisions.append(decision)
                 return f"{'blessed' if verdict['blessed'] else 'refused'} for canary: {verdict['reason']}; " \
-                       f"labels now {repository.labels(repo, name)}"
+                       f"labels now {layout.labels(repo, name)}"
             return act
 
         def rollback():
             entry = repository.rollback(repo, name, reason="the load test rolls the canary back")
             decisions.append({"rollback": entry["label"], "from": entry["from"], "to": entry["to"]})
-            return f"rolled back the canary {entry['from']}; labels now {repository.labels(repo, name)}"
+            return f"rolled back the canary {entry['from']}; labels now {layout.labels(repo, name)}"
 
         print(f"load test: {args.users} users x {args.seconds} s per phase, {args.image_size} px models, "
               f"{os.cpu_count()} CPU cores", flush=True)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from components import stats
+from components.evaluation import stats
 
 
 def _timed(args: list[str]) -> float:

@@ -1,6 +1,11 @@
-"""The ML steps of the product: each module is one step with a plain ``run(...)`` and a
-``python -m components.<step>`` command line, so the same code runs in a container, in a
-local pipeline run and in a unit test."""
+"""The ML steps of the product and the libraries they are made of.
+
+Each module beside the rooms is one step with a plain ``run(...)`` and a
+``python -m components.<step>`` command line, so the same code runs in a container, in a local
+pipeline run and in a unit test. The rooms hold the libraries, and imports run one way:
+``core`` (vocabulary and plumbing) < ``imaging`` (untrusted bytes to pixels) < ``data`` (sources to
+records) < ``model`` (Keras and the serving graph) < ``evaluation`` (measuring models) < the steps.
+"""
 
 import os as _os
 

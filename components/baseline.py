@@ -14,7 +14,7 @@ With several sources (sites, datasets), the shortcut check runs per source too:
 - ``shortcut.json``: can the source be told from the image? A logistic regression on the same
   histogram features predicts the source (trained on train, C on validation, AUC on test).
 
-All go through ``components.evaluate.report``: temperature and threshold fitted on validation,
+All go through ``components.scoring.report``: temperature and threshold fitted on validation,
 cluster-bootstrap intervals on test, pooled and per source. Writes ``<out>/majority/``,
 ``<out>/histogram/`` (and ``<out>/source_prior/``), each an evaluation folder
 (``metrics.json``, ``predictions.csv``, pictures).
@@ -28,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from components import artifacts, catalog, cli, stats
-from components.atomic import staged_dir
+from components.core import artifacts, catalog, cli
+from components.evaluation import scoring
+from components.evaluation import predictions
+from components.evaluation import stats
+from components.core.atomic import staged_dir
 
 BASELINES = ("majority", "histogram", "source_prior")
 SHORTCUT = artifacts.SHORTCUT
@@ -61,10 +64,10 @@ def features_of(images: np.ndarray, channels: int) -> np.ndarray:
 
 def load(split_dir: Path, modality: str):
     """(images [N, S, S, 3], Scored with placeholder probabilities) of every record of a split."""
-    from components import data, evaluate
+    from components.model import inputs
 
     images, labels, ids, patients, sources = [], [], [], [], []
-    for x, y, source_id, patient, source in data.dataset(split_dir, modality, IMAGE_SIZE, 256, training=False,
+    for x, y, source_id, patient, source in inputs.dataset(split_dir, modality, IMAGE_SIZE, 256, training=False,
                                                          with_ids=True):
         images.append(x.numpy())
         labels.append(y.numpy().astype(int))
@@ -72,7 +75,7 @@ def load(split_dir: Path, modality: str):
         patients += [s.decode() for s in patient.numpy()]
         sources += [s.decode() for s in source.numpy()]
     y = np.concatenate(labels)
-    return np.concatenate(images), evaluate.Scored(y, np.zeros(len(y)), ids, patients, sources)
+    return np.concatenate(images), predictions.Scored(y, np.zeros(len(y)), ids, patients, sources)
 
 
 def _logistic(c):
@@ -103,8 +106,7 @@ def source_classifier(features: dict, scored: dict) -> dict:
 
 def run(splits: str | Path, modality: str, out: str | Path, bootstrap: int = stats.BOOTSTRAP_RESAMPLES,
         seed: int = 0) -> dict:
-    from components import evaluate
-    from components.atomic import write_json
+    from components.core.atomic import write_json
 
     catalog.modality(modality)
     splits = Path(splits)
@@ -136,7 +138,7 @@ def run(splits: str | Path, modality: str, out: str | Path, bootstrap: int = sta
     results = {}
     with staged_dir(out) as stage:
         for name, (pv, ps) in scores.items():
-            results[name] = evaluate.report(
+            results[name] = scoring.report(
                 f"{modality}-baseline-{name}", modality, _with(validation, pv), _with(test, ps), splits / "test",
                 splits / "validation", stage / name, bootstrap=bootstrap, seed=seed,
                 # the majority answer: every record the majority class (negative), whatever T is
@@ -147,9 +149,8 @@ def run(splits: str | Path, modality: str, out: str | Path, bootstrap: int = sta
 
 
 def _with(scored, p: np.ndarray):
-    from components import evaluate
 
-    return evaluate.Scored(scored.y, np.asarray(p, float), scored.ids, scored.patients, scored.sources)
+    return predictions.Scored(scored.y, np.asarray(p, float), scored.ids, scored.patients, scored.sources)
 
 
 def build_parser() -> argparse.ArgumentParser:

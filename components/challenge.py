@@ -15,7 +15,7 @@ in the candidate's test split too, not in its training data.
 Writes ``blessing.json`` (blessed, reason, the baseline version, the difference, its interval
 and p) and ``champion_predictions.csv``.
 
-    python -m components.challenge --evaluation EVAL --test SPLITS/test --model-repo REPO --out DIR [--margin 0.02]
+    python -m components.challenge --evaluation EVAL --test SPLITS/test [--champion REPO/NAME/VERSION] --out DIR [--margin 0.02]
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components import artifacts, cli, stats
-from components.atomic import staged_dir, write_json, write_text
+from components.core import artifacts, cli
+from components.evaluation import paired, predictions, stats
+from components.core.atomic import staged_dir, write_json, write_text
 
 DEFAULT_MARGIN = 0.02
 CHAMPION_PREDICTIONS = "champion_predictions.csv"
@@ -37,8 +38,8 @@ def score_served(saved_model: Path, test_dir: Path, batch: int = 32) -> dict[str
     """source_id -> probability that the SavedModel's serving signature gives each test record."""
     import tensorflow as tf
 
-    from components import schema
-    from components.records import read_records
+    from components.data import schema
+    from components.data.records import read_records
 
     serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
     records = [schema.deserialize(r) for r in read_records(test_dir)]
@@ -50,50 +51,37 @@ def score_served(saved_model: Path, test_dir: Path, batch: int = 32) -> dict[str
     return out
 
 
-def compare(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray, groups: list[str],
-            bootstrap: int, seed: int) -> dict:
-    """AUC difference candidate - champion with its 95 % interval and two-sided p."""
-    if len(set(groups)) == len(groups):
-        d = stats.delong(y, candidate, champion)
-        half = 1.959964 * d["se"]
-        return {"test": "DeLong (records independent)", "auc_candidate": d["auc_1"], "auc_champion": d["auc_2"],
-                "difference": d["difference"], "ci_low": d["difference"] - half, "ci_high": d["difference"] + half,
-                "p_value": d["p_value"], "p_value_is_bound": False}
-    (r,) = stats.paired_auc_bootstrap(y, {"candidate": candidate, "champion": champion}, groups, n=bootstrap, seed=seed)
-    return {"test": f"paired cluster bootstrap ({len(set(groups))} patients/groups, {r['resamples']} resamples)",
-            "auc_candidate": r["auc_1"], "auc_champion": r["auc_2"], "difference": r["difference"],
-            "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p_value": r["p_value"],
-            "p_value_is_bound": r["p_value_is_bound"]}
-
-
-def run(evaluation_dir: str | Path, test_dir: str | Path, model_repo: str | Path, out: str | Path,
+def run(evaluation_dir: str | Path, test_dir: str | Path, champion: str | Path | None, out: str | Path,
         margin: float = DEFAULT_MARGIN, bootstrap: int = stats.BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
-    from components import evaluate
-    from serving import repository
-
-    evaluation_dir, test_dir, model_repo = Path(evaluation_dir), Path(test_dir), Path(model_repo)
+    """``champion``: the folder of the version ``stable`` serves now (``<repository>/<name>/<version>``),
+    or None for the first model of its name."""
+    evaluation_dir, test_dir = Path(evaluation_dir), Path(test_dir)
     metrics = artifacts.read_json(evaluation_dir, artifacts.METRICS)
     absolute = artifacts.read_blessing(evaluation_dir)
     name = metrics["model_name"]
-    stable = repository.labels(model_repo, name).get("stable") if (model_repo / name).is_dir() else None
+    if champion is not None and Path(champion).parent.name != name:
+        raise cli.UserError(f"{champion} is not a version of {name}")
+    stable = int(Path(champion).name) if champion is not None else None
     result = {"model_name": name, "rule": f"{absolute['rule']}, and non-inferior to the stable version: lower 95% "
               f"bound of the AUC difference above -{margin}", "margin": margin, "absolute": absolute,
               "baseline_version": stable}
-    champion = {}
+    scored_by_champion = {}
     if stable is None:
         result.update(blessed=bool(absolute["blessed"]), comparison=None,
                       reason=f"the first model of its name (no stable version to compare with): the absolute "
                              f"rule alone; {absolute['reason']}")
     else:
-        candidate = evaluate.read_predictions(evaluation_dir / artifacts.PREDICTIONS)
-        champion = score_served(model_repo / name / str(stable), test_dir)
-        missing = [i for i in candidate.ids if i not in champion]
+        candidate = predictions.read(evaluation_dir / artifacts.PREDICTIONS)
+        scored_by_champion = score_served(Path(champion), test_dir)
+        missing = [i for i in candidate.ids if i not in scored_by_champion]
         if missing:
             raise cli.UserError(f"{len(missing)} of the candidate's test records are not in {test_dir} "
                                 f"(e.g. {missing[0]}): evaluate and challenge on the same split")
-        groups = evaluate.read_groups(evaluation_dir)
-        comparison = compare(candidate.y, candidate.p, np.array([champion[i] for i in candidate.ids]), groups,
-                             bootstrap, seed)
+        groups = predictions.groups(evaluation_dir)
+        d = paired.auc_difference(candidate.y, candidate.p, np.array([scored_by_champion[i] for i in candidate.ids]), groups,
+                                  bootstrap, seed)
+        comparison = {"test": d["test"], "auc_candidate": d["auc_1"], "auc_champion": d["auc_2"],
+                      **{k: d[k] for k in ("difference", "ci_low", "ci_high", "p_value", "p_value_is_bound")}}
         non_inferior = comparison["ci_low"] > -margin
         blessed = bool(absolute["blessed"]) and non_inferior
         verdict = "non-inferior" if non_inferior else "inferior"
@@ -108,7 +96,7 @@ def run(evaluation_dir: str | Path, test_dir: str | Path, model_repo: str | Path
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["source_id", "probability"])
-        w.writerows(sorted((i, f"{v:.6f}") for i, v in champion.items()))
+        w.writerows(sorted((i, f"{v:.6f}") for i, v in scored_by_champion.items()))
         write_text(stage / CHAMPION_PREDICTIONS, buf.getvalue())
     return result
 
@@ -117,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m components.challenge", description=__doc__.split("\n\n")[0])
     ap.add_argument("--evaluation", required=True, help="the candidate's evaluation (components.evaluate)")
     ap.add_argument("--test", required=True, help="the test split it was evaluated on")
-    ap.add_argument("--model-repo", required=True)
+    ap.add_argument("--champion", help="the stable version's folder in the model repository (REPO/NAME/VERSION); "
+                                       "none: the first model of its name, judged by the absolute rule alone")
     ap.add_argument("--out", required=True)
     ap.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="non-inferiority margin on the AUC (default 0.02)")
     ap.add_argument("--bootstrap", type=int, default=stats.BOOTSTRAP_RESAMPLES)
@@ -125,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cli(args, _):
-    r = run(args.evaluation, args.test, args.model_repo, args.out, args.margin, args.bootstrap)
+    r = run(args.evaluation, args.test, args.champion, args.out, args.margin, args.bootstrap)
     print(f"{r['model_name']}: {'blessed' if r['blessed'] else 'not blessed'} for canary: {r['reason']}")
 
 

@@ -26,8 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from components import artifacts, cli, evaluate, split, stats
-from components.atomic import staged_dir, write_json
+from components.core import artifacts, cli
+from components.evaluation import scoring
+from components.evaluation import predictions
+from components import split
+from components.evaluation import stats
+from components.core.atomic import staged_dir, write_json
 
 FOLDS = artifacts.FOLDS
 DEFAULT_FOLDS = 4
@@ -85,8 +89,8 @@ def pool(evaluation_dirs: list[str | Path], out: str | Path, bootstrap: int = st
          seed: int = 0) -> dict:
     """One out-of-fold evaluation from the folds' evaluations of one model configuration."""
     dirs = [Path(d) for d in evaluation_dirs]
-    parts = [(artifacts.read_json(d, artifacts.METRICS), evaluate.read_predictions(d / artifacts.PREDICTIONS),
-              evaluate.read_groups(d)) for d in dirs]
+    parts = [(artifacts.read_json(d, artifacts.METRICS), predictions.read(d / artifacts.PREDICTIONS),
+              predictions.groups(d)) for d in dirs]
     names = {m["model_name"] for m, _, _ in parts}
     if len(names) != 1:
         raise cli.UserError(f"the folds evaluated different models {sorted(names)}; pool one configuration")
@@ -102,7 +106,7 @@ def pool(evaluation_dirs: list[str | Path], out: str | Path, bootstrap: int = st
     shared = [q for q, ks in patients.items() if len(ks) > 1]
     if shared:
         raise cli.UserError(f"patient {shared[0]} was tested in several folds; folds must hold whole patients")
-    scored = evaluate.Scored(np.concatenate([s.y for _, s, _ in parts]), np.concatenate([s.p for _, s, _ in parts]),
+    scored = predictions.Scored(np.concatenate([s.y for _, s, _ in parts]), np.concatenate([s.p for _, s, _ in parts]),
                              [i for _, s, _ in parts for i in s.ids], [q for _, s, _ in parts for q in s.patients],
                              [x for _, s, _ in parts for x in s.sources])
     thresholds = np.concatenate([np.full(len(s.y), m["threshold"]) for m, s, _ in parts])
@@ -118,8 +122,8 @@ def pool(evaluation_dirs: list[str | Path], out: str | Path, bootstrap: int = st
               "threshold_rule": "each fold's own, chosen on that fold's validation split (max F1)",
               "threshold_chosen_on": [m["threshold_chosen_on"] for m, _, _ in parts],
               "pooling": "out-of-fold predictions of every fold, every patient once; labels at each fold's threshold"}
-    result = evaluate.measured(result, scored, thresholds, clusters, Path(parts[0][0]["examples"]), bootstrap, seed)
-    evaluate.write_evaluation(out, result, scored, clusters, thresholds, modality)
+    result = scoring.measured(result, scored, thresholds, clusters, Path(parts[0][0]["examples"]), bootstrap, seed)
+    scoring.write_evaluation(out, result, scored, clusters, thresholds, modality)
     return result
 
 

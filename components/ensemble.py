@@ -21,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from components import artifacts, catalog, cli, evaluate, stats
-from components.atomic import write_json
+from components.core import artifacts, catalog, cli
+from components.evaluation import scoring
+from components.evaluation import predictions
+from components.evaluation import stats
+from components.core.atomic import write_json
 
 ENSEMBLE = artifacts.ENSEMBLE
 
@@ -31,7 +34,7 @@ def name_of(modality: str, strategy: str) -> str:
     return f"{modality}-ensemble-{strategy}"
 
 
-def _aligned(scored: list[evaluate.Scored], what: str, names: list[str]) -> evaluate.Scored:
+def _aligned(scored: list[predictions.Scored], what: str, names: list[str]) -> predictions.Scored:
     order = [np.argsort(s.ids, kind="stable") for s in scored]
     ids = [[s.ids[i] for i in o] for s, o in zip(scored, order)]
     for name, other in zip(names[1:], ids[1:]):
@@ -40,11 +43,11 @@ def _aligned(scored: list[evaluate.Scored], what: str, names: list[str]) -> eval
                                 "an ensemble needs the members evaluated on the same splits")
     first, o = scored[0], order[0]
     mean = np.mean([s.p[k] for s, k in zip(scored, order)], axis=0)
-    return evaluate.Scored(first.y[o], mean, ids[0], [first.patients[i] for i in o], [first.sources[i] for i in o])
+    return predictions.Scored(first.y[o], mean, ids[0], [first.patients[i] for i in o], [first.sources[i] for i in o])
 
 
 def run(evaluation_dirs: list[str | Path], out: str | Path, bootstrap: int = stats.BOOTSTRAP_RESAMPLES,
-        seed: int = 0, min_f1: float = 0.0, collapse_sd: float = evaluate.COLLAPSED_SD) -> dict:
+        seed: int = 0, min_f1: float = 0.0, collapse_sd: float = scoring.COLLAPSED_SD) -> dict:
     dirs = [Path(d) for d in evaluation_dirs]
     if len(dirs) < 2:
         raise cli.UserError("an ensemble needs at least two evaluated members")
@@ -54,14 +57,14 @@ def run(evaluation_dirs: list[str | Path], out: str | Path, bootstrap: int = sta
     if len({(m, s) for m, _, s in parsed}) != 1:
         raise cli.UserError(f"members {names} are not one cohort (one modality and strategy)")
     modality, _, strategy = parsed[0]
-    missing = [str(d) for d in dirs if not (d / evaluate.VALIDATION_PREDICTIONS).exists()]
+    missing = [str(d) for d in dirs if not (d / artifacts.VALIDATION_PREDICTIONS).exists()]
     if missing:
-        raise cli.UserError(f"no {evaluate.VALIDATION_PREDICTIONS} in {', '.join(missing)}: re-run their evaluation")
-    validation = _aligned([evaluate.read_predictions(d / evaluate.VALIDATION_PREDICTIONS) for d in dirs], "validation", names)
-    test = _aligned([evaluate.read_predictions(d / artifacts.PREDICTIONS) for d in dirs], "test", names)
+        raise cli.UserError(f"no {artifacts.VALIDATION_PREDICTIONS} in {', '.join(missing)}: re-run their evaluation")
+    validation = _aligned([predictions.read(d / artifacts.VALIDATION_PREDICTIONS) for d in dirs], "validation", names)
+    test = _aligned([predictions.read(d / artifacts.PREDICTIONS) for d in dirs], "test", names)
     record = {"name": name_of(modality, strategy), "combination": "mean of the members' calibrated probabilities",
               "members": names, "member_models_sha256": {m["model_name"]: m.get("model_sha256", "") for m in members}}
-    result = evaluate.report(record["name"], modality, validation, test, Path(members[0]["examples"]),
+    result = scoring.report(record["name"], modality, validation, test, Path(members[0]["examples"]),
                              Path(members[0]["threshold_chosen_on"]), out, bootstrap=bootstrap, seed=seed,
                              temperature=1.0, min_f1=min_f1, collapse_sd=collapse_sd,
                              ensemble=record)
@@ -69,14 +72,6 @@ def run(evaluation_dirs: list[str | Path], out: str | Path, bootstrap: int = sta
     record["id"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     write_json(Path(out) / ENSEMBLE, record)
     return result
-
-
-def card_entry(ensemble_dir: str | Path) -> dict:
-    """What a member's model card says of its cohort's ensemble (components.export)."""
-    record = artifacts.read_json(ensemble_dir, ENSEMBLE)
-    metrics = artifacts.read_json(ensemble_dir, artifacts.METRICS)
-    return {**record, "threshold_rule": metrics["threshold_rule"], "threshold_chosen_on": metrics["threshold_chosen_on"],
-            "test_metrics": {k: metrics["metrics"][k] for k in ("roc_auc", "balanced_accuracy", "f1")}}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ patient, label, what happened to it): written as a record, or quarantined with a
 ``quarantine.csv``. A bad input never crashes the run; the step fails only when the
 quarantined fraction exceeds ``max_quarantine``, and then publishes nothing (what it found is
 kept in ``<out>.rejected/`` for inspection). Each record keeps the name of its source
-(``components.sources``); ``summary.json`` counts every source apart and all together.
+(``components.data.sources``); ``summary.json`` counts every source apart and all together.
 
     python -m components.extract --modality M --source PATH --out DIR [--runner DirectRunner ...]
     python -m components.extract --modality M --source DIR --manifest CSV --image-column C \
@@ -19,7 +19,7 @@ kept in ``<out>.rejected/`` for inspection). Each record keeps the name of its s
         --phi-key-file KEY --out DIR
 
 A DICOM source's patients, files and UIDs reach no artifact in clear: its ids are keyed hashes
-(``components.phi``) under the key the run is given, and ``summary.json`` names the key by its id.
+(``components.core.phi``) under the key the run is given, and ``summary.json`` names the key by its id.
 """
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ import io
 import json
 from pathlib import Path
 
-from components import catalog, cli, images, phi, readers, schema, sources as sources_
-from components.atomic import staged_dir, write_json, write_text
-from components.records import sha256_bytes, sha256_file, tfrecord_files
+from components.core import catalog, cli, phi
+from components.imaging import images
+from components.data import readers, schema, sources as sources_
+from components.core.atomic import staged_dir, write_json, write_text
+from components.data.records import tfrecord_files
+from components.core.digests import sha256_bytes, sha256_file
 
 INPUTS_HEADER = ["source", "source_id", "source_sha256", "patient_id", "label", "status", "record_sha256"]
 WRITTEN = "written"
@@ -110,8 +113,8 @@ def run(modality: str, source, out: str | Path, max_quarantine: float = 0.01, nu
         max_pixels: int = images.DEFAULT_MAX_PIXELS, beam_args: list[str] | None = None,
         phi_key: bytes | None = None) -> dict:
     """Extract ``source``: a path (one source in the modality's default format, named after its
-    folder), a :class:`components.sources.Source`, or a list of them. ``phi_key`` pseudonymizes
-    DICOM sources (default: the environment's, ``components.phi.load_key``)."""
+    folder), a :class:`components.data.sources.Source`, or a list of them. ``phi_key`` pseudonymizes
+    DICOM sources (default: the environment's, ``components.core.phi.load_key``)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -262,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--modality", required=True, choices=list(catalog.MODALITIES))
     ap.add_argument("--source", help="dataset root (DDSM .tfrecords file/folder, class folders, IDC tree, "
                                      "or the folder a --manifest's paths are relative to)")
-    ap.add_argument("--sources", help="a JSON file listing several sources (components.sources)")
+    ap.add_argument("--sources", help="a JSON file listing several sources (components.data.sources)")
     ap.add_argument("--source-name", help="the source's name in every record (default: its folder's name)")
     ap.add_argument("--out", required=True, help="output folder (replaced atomically)")
     ap.add_argument("--format", dest="source_format", choices=list(readers.FORMATS),
-                    help="source format (default: the modality's, see components.catalog; manifest with --manifest)")
+                    help="source format (default: the modality's, see components.core.catalog; manifest with --manifest)")
     ap.add_argument("--label-map", help="class folders: folder=label pairs, e.g. malignant=1,benign=0,normal=0; "
                                         "manifest: value=label pairs of the label column")
     ap.add_argument("--default-label", default="0", help="class folders only: label of folders not in the map, or 'none' to quarantine them")

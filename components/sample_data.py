@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components import catalog, cli
-from components.atomic import staged_dir
+from components.core import catalog, cli
+from components.core.atomic import staged_dir
 
 DEFAULT_COUNT = 120
 

@@ -34,9 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from components import artifacts, catalog, cli, inputstats, schema
-from components.atomic import staged_dir, write_json, write_text
-from components.records import content_digest, read_records, sha256_bytes, write_shards
+from components.core import artifacts, catalog, cli
+from components.imaging import inputstats
+from components.data import schema
+from components.core.atomic import staged_dir, write_json, write_text
+from components.data.records import read_records, write_shards
+from components.core.digests import content_digest, sha256_bytes
 
 SPLITS = ("train", "validation", "test")
 RECORDS_PER_SHARD = 4096
@@ -191,7 +194,7 @@ class Examples:
     spec: catalog.Modality
     near_duplicate_r: float
     merged_pairs: int
-    stats: list[dict]            # components.inputstats of each record (the drift reference)
+    stats: list[dict]            # components.imaging.inputstats of each record (the drift reference)
 
 
 def load(examples: str | Path, near_duplicate_r: float | None = None) -> Examples:
@@ -292,7 +295,7 @@ def write_splits(examples: str | Path, ex: Examples, split_of: list[int], stage:
         "examples_content_sha256": content_digest(m.digest for m in ex.metas),
         "patients_csv_sha256": sha256_bytes(patients_csv.encode()),
         "splits": manifest_splits,
-        # what the gateway's served inputs are compared with (pipelines.drift)
+        # what the gateway's served inputs are compared with (pipelines.monitoring.drift)
         "input_reference": {"train": inputstats.reference([ex.stats[i] for i in by_split[0]])},
     }
     write_json(stage / artifacts.MANIFEST, manifest)

@@ -21,7 +21,7 @@ and machine of the same CPU family (TensorFlow's op determinism, a seeded shuffl
 in a fixed order, stateless augmentation seeded per image and epoch, seeded initialisation and
 dropout, ``--threads`` threads per op whatever the machine has, Eigen's CPU kernels instead of
 oneDNN's (at these image sizes about as fast), and denormals flushed on every thread, however
-busy the machine: ``components.repeatable`` says why each). ``training.json`` records the
+busy the machine: ``components.model.repeatable`` says why each). ``training.json`` records the
 threads, kernels and denormal mode a run used. On a GPU, cuDNN's
 and XLA's kernels are made deterministic by the same switch where they have such a kernel, but
 mixed precision, another GPU model or another number of GPUs (MirroredStrategy's reductions)
@@ -47,8 +47,9 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from components import artifacts, catalog, cli, repeatable
-from components.atomic import staged_dir, write_json
+from components.core import artifacts, catalog, cli
+from components.model import repeatable
+from components.core.atomic import staged_dir, write_json
 
 EAGER_BELOW_STEPS = 20
 
@@ -73,7 +74,7 @@ class TrainSettings:
     seed: int = _opt(0, "seed of initialisation, shuffling and augmentation")
     weight_decay: float = _opt(1e-4, "from scratch: AdamW weight decay")
     warmup_epochs: float = _opt(1.0, "from scratch: linear learning-rate warm-up epochs (a fraction is fine)")
-    augmentation: str = _opt("", "training augmentation policy (components.data); empty: the modality's")
+    augmentation: str = _opt("", "training augmentation policy (components.model.inputs); empty: the modality's")
     profile: str = _opt("", "the study profile these settings come from (recorded in the model card)")
     threads: int = _opt(1, "TensorFlow threads per op on CPU: a reduction's result depends on how many "
                            "threads share it, so this is a setting like the seed (0: all cores, repeatable "
@@ -161,33 +162,33 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
     import keras
     import tensorflow as tf
 
-    from components import data, models
+    from components.model import inputs, backbones
 
     name = catalog.model_name(config.modality, config.backbone, config.strategy)
-    data.augmentation(config.augmentation or catalog.modality(config.modality).augmentation)
+    inputs.augmentation(config.augmentation or catalog.modality(config.modality).augmentation)
     threads = repeatable.pin_threads(tf, config.threads)
     flushed = repeatable.flush_denormals()
     tf.config.experimental.enable_op_determinism()
     splits = Path(splits)
     strategy, n_gpus = _distribution()
-    negatives, positives = data.count_labels(splits / "train")
+    negatives, positives = inputs.count_labels(splits / "train")
     weights = class_weights(negatives, positives)
     stages = config.stages()
-    steps_per_epoch = data.steps(negatives + positives, config.batch_size)
+    steps_per_epoch = inputs.steps(negatives + positives, config.batch_size)
     planned_epochs = sum(stage["epochs"] for stage in stages)
     eager = steps_per_epoch * planned_epochs < EAGER_BELOW_STEPS
     started = datetime.datetime.now(datetime.timezone.utc)
     sizes = {stage["image_size"] for stage in stages}
 
     def datasets(size, stage_seed):
-        return (data.dataset(splits / "train", config.modality, size, config.batch_size, True, stage_seed,
+        return (inputs.dataset(splits / "train", config.modality, size, config.batch_size, True, stage_seed,
                              augment_with=config.augmentation or None),
-                data.dataset(splits / "validation", config.modality, size, config.batch_size, False))
+                inputs.dataset(splits / "validation", config.modality, size, config.batch_size, False))
 
     with staged_dir(out) as stage_dir:
         with strategy.scope():
             # one model for every stage: a size-agnostic one when the stages differ in size
-            model = models.build(config.backbone, config.image_size if len(sizes) == 1 else None,
+            model = backbones.build(config.backbone, config.image_size if len(sizes) == 1 else None,
                                  config.weights, config.seed)
 
         def compile_model(learning_rate, optimizer="adam"):
@@ -218,8 +219,8 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
         history, record = {}, []
         peak = config.learning_rate
         if config.from_scratch:
-            peak *= models.BACKBONES[config.backbone].scratch_learning_rate_scale
-            models.unfreeze_all(model)
+            peak *= backbones.BACKBONES[config.backbone].scratch_learning_rate_scale
+            backbones.unfreeze_all(model)
             total_steps = steps_per_epoch * planned_epochs
             warmup = min(round(steps_per_epoch * config.warmup_epochs), total_steps // 2)
             compile_model(keras.optimizers.schedules.CosineDecay(
@@ -231,16 +232,16 @@ def run(splits: str | Path, out: str | Path, config: TrainConfig) -> dict:
                 _merge(history, fit(stage["image_size"], stage["epochs"], len(history.get("loss", []))).history)
                 record.append({**stage, "trainable_layers": sum(l.trainable for l in model.layers)})
         elif config.strategy == "unfrozen":
-            models.unfreeze_all(model)
+            backbones.unfreeze_all(model)
             compile_model(config.learning_rate)
             _merge(history, fit(config.image_size, config.epochs, 0, reduce_on_plateau=True).history)
             record.append({**stages[0], "trainable_layers": sum(l.trainable for l in model.layers)})
         else:
-            models.freeze_backbone(model)
+            backbones.freeze_backbone(model)
             compile_model(config.learning_rate)
             _merge(history, fit(config.image_size, config.head_epochs, 0, reduce_on_plateau=True).history)
             record.append({**stages[0], "trainable_layers": sum(l.trainable for l in model.layers)})
-            opened = models.unfreeze_top(model, config.backbone)
+            opened = backbones.unfreeze_top(model, config.backbone)
             compile_model(keras.optimizers.schedules.CosineDecay(config.learning_rate / 10,
                                                                  decay_steps=steps_per_epoch * config.epochs, alpha=0.1))
             _merge(history, fit(config.image_size, config.epochs, len(history.get("loss", []))).history)

@@ -18,8 +18,9 @@ import argparse
 import json
 from pathlib import Path
 
-from components import artifacts, cli, schema as example_schema
-from components.atomic import staged_dir, write_json, write_text
+from components.core import artifacts, cli
+from components.data import schema as example_schema
+from components.core.atomic import staged_dir, write_json, write_text
 from components.split import SPLITS
 
 LABEL_DRIFT_LINF = 0.10      # max change of any class share between train and another split
@@ -28,7 +29,7 @@ CRITICAL_FEATURES = (example_schema.LABEL, example_schema.IMAGE)
 
 
 def curated_schema(modality: str):
-    """The project schema (components.schema) as a TFDV schema, written from the contract
+    """The project schema (components.data.schema) as a TFDV schema, written from the contract
     rather than inferred: every feature exactly once per record, label in {0, 1}, the one
     modality. Label and image sizes are categorical so TFDV compares their distributions
     with the L-infinity distance (TFDV's histogram Jensen-Shannon gives false alarms on
@@ -152,7 +153,7 @@ def run(splits: str | Path, out: str | Path, schema_path: str | Path | None = No
         write_text(stage / "statistics.html", get_statistics_html(stats["train"], stats["test"], "train", "test"))
         verdict = {"modality": modality, "ok": not fatal, "fatal": fatal, "warnings": warnings,
                    "splits": {s: {"records": counts[s][0], "positives": counts[s][2]} for s in SPLITS},
-                   "schema": str(schema_path) if schema_path else "project schema (components.schema)"}
+                   "schema": str(schema_path) if schema_path else "project schema (components.data.schema)"}
         write_json(stage / "validation.json", verdict)
     if fatal:
         raise cli.UserError(f"data validation failed ({len(fatal)} fatal): " + "; ".join(fatal)

@@ -1,2 +1,2 @@
-"""Flask gateway: HTML pages and the JSON API over gRPC to the model server
-(lands with the serving issue)."""
+"""The Flask gateway: HTML pages, the JSON API, the Open Inference Protocol v2 and DICOM SR answers,
+over gRPC to the model server."""

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from components import cli
+from components.core import cli
 from gateway.app import GatewayConfig, create_app
 
 log = logging.getLogger("gateway")

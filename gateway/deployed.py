@@ -16,9 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from components import catalog
-from components.artifacts import PICTURES
-from serving import repository
+from components.core import catalog
+from components.core.artifacts import PICTURES
+from serving import layout
 
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class Deployed:
         directory listings and one stat per model)."""
         from serving import history
 
-        listing = tuple((m, tuple(repository.versions(self.root, m)), _mtime(history.path(self.root, m)))
-                        for m in repository.models(self.root))
+        listing = tuple((m, tuple(layout.versions(self.root, m)), _mtime(history.path(self.root, m)))
+                        for m in layout.models(self.root))
         return listing, tuple(sorted(self._served.items()))
 
     def note_served(self, name: str, version: int) -> None:
@@ -63,13 +63,13 @@ class Deployed:
                 for name, versions, _ in key[0]:
                     if not versions:
                         continue
-                    labels = repository.labels(self.root, name)
+                    labels = layout.labels(self.root, name)
                     all_labels[name] = labels
                     version = labels.get("stable") or (
                         self._served.get(name) if self._served.get(name) in versions else versions[-1])
                     try:
-                        card = repository.card(self.root, name, version)
-                        problems = repository.check_card(card)
+                        card = layout.card(self.root, name, version)
+                        problems = layout.check_card(card)
                         if not problems and card["model_name"] != name:
                             problems = [f"its card names {card['model_name']!r}"]
                     except (OSError, ValueError) as e:
@@ -94,7 +94,7 @@ class Deployed:
         key = (name, version)
         if key not in self._version_cards:
             try:
-                self._version_cards[key] = {**repository.card(self.root, name, version), "version": version,
+                self._version_cards[key] = {**layout.card(self.root, name, version), "version": version,
                                             "labels": card["labels"]}
             except (OSError, ValueError):
                 return card

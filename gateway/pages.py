@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template, request, send_file
 
-from components.artifacts import PICTURES
+from components.core.artifacts import PICTURES
 from gateway import errors, service
 from gateway.state import current
 

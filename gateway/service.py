@@ -183,9 +183,9 @@ def dicom_report(deployed: Deployed, upload: Upload, answers: list[dict], ensemb
 
 
 def _card_sha256(deployed: Deployed, name: str, version: int) -> str:
-    from serving import repository
+    from serving import layout
 
-    return hashlib.sha256((deployed.root / name / str(version) / repository.CARD).read_bytes()).hexdigest()
+    return hashlib.sha256((deployed.root / name / str(version) / layout.CARD).read_bytes()).hexdigest()
 
 
 @functools.cache                       # the installed version: read once, not on every report

@@ -13,7 +13,7 @@ from flask import Flask, current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.deployed import Deployed
-from components import inputstats
+from components.imaging import inputstats
 from gateway.uploads import Upload, prepare, read_image
 from serving.client import ServingClient
 
@@ -49,7 +49,7 @@ class Metrics:
                                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.canary_fallbacks = Counter("gateway_canary_fallbacks_total", "canary requests answered by stable "
                                         "(the canary was not available)", ["model"], registry=self.registry)
-        # drift: the served inputs' statistics and the predicted probability (components.inputstats)
+        # drift: the served inputs' statistics and the predicted probability (components.imaging.inputstats)
         self.inputs = {f: Histogram(f"gateway_input_{f}", f"served images: {f}", ["model", "version"],
                                     registry=self.registry, buckets=inputstats.BUCKETS[f]) for f in inputstats.FEATURES}
         self.probability = Histogram("gateway_prediction_probability", "served probability", ["model", "version"],

@@ -2,7 +2,7 @@
 
 Accepted: PNG, JPEG, BMP (and PGM/TIFF), grayscale, RGB, CMYK or 16-bit, up to a byte limit
 and a pixel limit (a decompression bomb is refused before it is decoded), and DICOM Part 10
-images (``application/dicom``: mammography MG, ultrasound US), read by components.dicom with the
+images (``application/dicom``: mammography MG, ultrasound US), read by components.imaging.dicom with the
 model's modality, so its allow-list of SOP classes applies, through the standard's pixel path to
 8 bits. A DICOM file that is sound but not an image the model reads (a Structured Report, an
 ultrasound image sent to a mammography model) is 422; its header (without pixels) stays with the
@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import pydicom
 from flask import Request
 
-from components import dicom, images, inputstats
+from components.imaging import dicom, images, inputstats
 
 
 @dataclass(frozen=True)
 class Upload:
     png: bytes          # what the model server gets
-    stats: dict         # components.inputstats of the image as received (the drift histograms)
+    stats: dict         # components.imaging.inputstats of the image as received (the drift histograms)
     dicom: pydicom.Dataset | None = None     # a DICOM upload's header, without pixels (for an SR)
 
 

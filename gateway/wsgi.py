@@ -1,4 +1,5 @@
-"""gunicorn entry point: settings from the environment (the container's configuration)."""
+"""The gateway as a WSGI application (`gateway.wsgi:app`) for any WSGI server, configured from the
+environment (a container's configuration); `python -m gateway` serves the same app on waitress."""
 import os
 from pathlib import Path
 

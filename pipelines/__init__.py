@@ -1,5 +1,2 @@
-"""Kubeflow Pipelines v2 definitions (one pipeline per modality) and their command line.
-
-The KFP components and pipelines land with the pipelines issue; until then ``demo`` runs the
-data layer's steps in sequence on the built-in sample data.
-"""
+"""Kubeflow Pipelines v2 definitions (one pipeline per modality), the local runner and its step
+cache, submission to a cluster, the run audit, the real-data study and drift monitoring."""

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from components import catalog, cli
+from components.core import catalog, cli
 
 
 def _training_options(ap: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one modality locally (kfp.local.SubprocessRunner)")
     r.add_argument("--modality", required=True, choices=list(catalog.MODALITIES))
     r.add_argument("--data", required=True, help="dataset root in the modality's source format, or a JSON file "
-                                                  "listing one or more sources (components.sources)")
+                                                  "listing one or more sources (components.data.sources)")
     r.add_argument("--model-repo", required=True, help="model repository the blessed models are pushed to")
     r.add_argument("--work-dir", required=True, help="run folders (manifest, artifacts, logs) and the step cache")
     r.add_argument("--run-id", help="name of the run folder (default: <modality>-<UTC time>-<random>)")
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="cross-modality comparison (the report's tables 5.1-5.10) as HTML and Markdown")
     p.add_argument("--work-dir", required=True)
     p.add_argument("--out", help="folder for report.html and report.md (default: the work dir)")
-    p.add_argument("--readme", help="also write the headline table into this README's study block")
+    p.add_argument("--results-page", "--readme", dest="results_page", metavar="PAGE",
+                   help="also write the headline table into this page's study block (docs/results.md)")
     return ap
 
 
@@ -133,12 +134,12 @@ def _run(args, _):
         if problems:
             raise SystemExit(1)
     elif args.command == "study":
-        from pipelines import study
+        from pipelines.study import run as study
 
         study.run(args.data, args.work_dir, args.model_repo, args.profile, args.modalities, seeds=args.seeds,
                   side_by_side=not args.in_a_row, part=args.part)
     elif args.command == "drift":
-        from pipelines import drift
+        from pipelines.monitoring import drift
 
         summary = drift.run(args.model_repo, args.work_dir, args.gateway, args.threshold, args.min_count)
         for key, m in summary["models"].items():
@@ -149,9 +150,9 @@ def _run(args, _):
         if args.fail_on_drift and any(m["drifted"] for m in summary["models"].values()):
             raise SystemExit(1)
     elif args.command == "report":
-        from pipelines import report
+        from pipelines.study import report
 
-        for path in report.run(args.work_dir, args.out, args.readme):
+        for path in report.run(args.work_dir, args.out, args.results_page):
             print(path)
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from components import artifacts, cli
+from components.core import artifacts, cli
 from components.split import SPLITS
-from components.atomic import write_json
-from components.export import code_version
-from components.records import file_digests, sha256_file, tree_sha256
+from components.core.atomic import write_json
+from components.model.card import code_version
+from components.core.digests import file_digests, sha256_file, tree_sha256
 from pipelines.cache import code_sha256
 
 MANIFEST = artifacts.MANIFEST
@@ -49,7 +49,7 @@ def _executor_outputs(task_dir: Path) -> dict[str, dict]:
 
 def write_manifest(run_dir: Path, *, modality: str, arguments: dict, settings: dict, sources: list,
                    started: float) -> dict:
-    """``sources``: the run's ``components.sources.Source`` list (each re-hashed here)."""
+    """``sources``: the run's ``components.data.sources.Source`` list (each re-hashed here)."""
     spec_path = run_dir / "pipeline.yaml"
     names = task_names(spec_path)
     tasks, metrics, baselines, pushed, split_manifest, extract = {}, {}, {}, [], None, {}

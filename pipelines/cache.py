@@ -1,7 +1,8 @@
 """Step caching for local runs. kfp 2.13's local runner has no cache (on a cluster, KFP's own
 caching applies), so each step looks itself up here before working.
 
-The key is a sha256 over the step's name, the code a step runs (``STEP_CODE``), the
+The key is a sha256 over the step's name, the code a step runs (``STEP_MODULES``: the step layer
+and the product modules the step imports, transitively), the
 installed dependencies (every distribution and its version: the lock as it was installed, in a
 checkout or an image), its parameters and the content of its input artifacts. An entry remembers where the step's outputs
 were written and their sha256; a hit copies them into the new run only while they still hash
@@ -9,6 +10,7 @@ to what was recorded, so an edited or deleted earlier run is a miss, never a wro
 """
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -16,29 +18,89 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from components.atomic import write_json
-from components.records import tree_sha256
+from components.core.atomic import write_json
+from components.core.digests import tree_sha256
 
 PACKAGES = ("components", "pipelines", "serving")
-# What a step's result can depend on: the components, the model repository push writes to and
-# the pipelines' step layer; not the orchestration around the steps (study, report, demo, submit,
-# audit, the local runner) nor the model server and gateway: regenerating a report or mending the
-# server must not retrain a study.
-STEP_CODE = ("components", "serving/repository.py", "serving/protos.py",
-             "pipelines/steps.py", "pipelines/ops.py", "pipelines/cache.py")
+# The step layer every cached step runs through, hashed as files.
+STEP_LAYER = ("pipelines/steps.py", "pipelines/ops.py", "pipelines/cache.py")
+# The modules each cached step runs; its key hashes them and every product module they import, at
+# module level or inside a function, so a change to one reader re-runs the steps that read through
+# it, not every evaluation. Not the orchestration around the steps (study, report, demo, submit,
+# audit, the local runner) nor the model server and gateway: mending those must not retrain a study.
+STEP_MODULES = {
+    "extract": ("components.extract",), "split": ("components.split",), "stain": ("components.stain",),
+    "validate": ("components.validate",), "baselines": ("components.baseline",), "train": ("components.train",),
+    "evaluate": ("components.evaluate", "components.export"), "gather": (), "ensemble": ("components.ensemble",),
+    "export": ("components.export",), "folds": ("components.crossval",), "pool": ("components.crossval",),
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _source(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported(module: str, path: Path) -> set[str]:
+    """The product modules ``module`` imports anywhere in its file (and the packages above them)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".")[:-node.level] if path.name != "__init__.py" else module.split(".")[:len(module.split(".")) - node.level + 1]
+                base = ".".join(package + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] in PACKAGES:
+                parts = name.split(".")
+                found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {m for m in found if _source(m)}
+
+
+@functools.lru_cache(maxsize=None)
+def closure(modules: tuple[str, ...]) -> tuple[Path, ...]:
+    """The source files of ``modules`` and of every product module they import, transitively."""
+    seen, todo = {}, list(modules)
+    while todo:
+        module = todo.pop()
+        if module in seen or (path := _source(module)) is None:
+            continue
+        seen[module] = path
+        todo += sorted(_imported(module, path) - set(seen))
+    return tuple(sorted(set(seen.values())))
+
+
+def _hash_files(paths) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=2)
 def code_sha256(parts: tuple[str, ...] = PACKAGES) -> str:
     """sha256 of this product's Python sources (or of ``parts``: packages and modules), as
     installed (the container image or a checkout)."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
+    paths = []
     for part in parts:
-        paths = [root / part] if part.endswith(".py") else sorted((root / part).rglob("*.py"))
-        for path in paths:
-            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
+        paths += [ROOT / part] if part.endswith(".py") else sorted((ROOT / part).rglob("*.py"))
+    return _hash_files(paths)
+
+
+@functools.lru_cache(maxsize=None)
+def step_code_sha256(step: str) -> str:
+    """sha256 of the code ``step`` runs: the step layer and the closure of its modules."""
+    return _hash_files([ROOT / p for p in STEP_LAYER] + [p for p in closure(STEP_MODULES[step])
+                                                          if p.relative_to(ROOT).as_posix() not in STEP_LAYER])
 
 
 def environment_lines() -> list[str]:
@@ -55,13 +117,13 @@ def environment_sha256() -> str:
     return hashlib.sha256("\n".join(environment_lines()).encode()).hexdigest()
 
 
-def fingerprint() -> dict[str, str]:
-    """What a result depends on besides its parameters and inputs: the code and the dependencies."""
-    return {"code": code_sha256(STEP_CODE), "environment": environment_sha256()}
+def fingerprint(step: str) -> dict[str, str]:
+    """What a step's result depends on besides its parameters and inputs: its code and the dependencies."""
+    return {"code": step_code_sha256(step), "environment": environment_sha256()}
 
 
 def step_key(step: str, params: dict, inputs: dict[str, str], environment: dict[str, str] | None = None) -> str:
-    described = {"step": step, **(environment or fingerprint()), "params": params,
+    described = {"step": step, **(environment or fingerprint(step)), "params": params,
                  "inputs": {name: tree_sha256(path) for name, path in sorted(inputs.items())}}
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -29,7 +29,8 @@ itself skips an unblessed model and records why.
 # no "from __future__ import annotations": KFP reads the pipeline function's annotations as types
 from kfp import dsl, kubernetes
 
-from components import catalog, crossval
+from components.core import catalog
+from components import crossval
 from pipelines import ops
 from pipelines.settings import RunSettings
 

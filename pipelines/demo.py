@@ -19,9 +19,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from components import catalog, cli, sample_data
+from components.core import catalog, cli
+from components import sample_data
 from pipelines import local
-from serving import repository
+from serving import layout
 from serving.server import free_port
 
 
@@ -95,14 +96,14 @@ def _wait_ready(url: str, timeout: float) -> None:
 
 def run(out: str | Path, count: int = sample_data.DEFAULT_COUNT, image_size: int = 32, seed: int = 0,
         serve_seconds: float = 0) -> None:
-    from pipelines import report
+    from pipelines.study import report
 
     out = Path(out).resolve()
     started = time.perf_counter()
     print(f"== 3 pipelines x 6 models on sample data ({count} images each, {image_size} px); runs in {out / 'work'}",
           flush=True)
     run_pipelines(out, count, image_size, seed)
-    models = repository.models(out / "model-repository")
+    models = layout.models(out / "model-repository")
     paths = report.run(out / "work")
     print(f"\n{len(models)} models in {out / 'model-repository'} after {time.perf_counter() - started:.0f} s; "
           f"report: {paths[1]}", flush=True)

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from components import catalog, cli
+from components.core import catalog, cli
 from pipelines import audit, definition
 from pipelines.settings import RunSettings
 
@@ -31,8 +31,8 @@ def new_run_id(modality: str) -> str:
 
 def sources_of(data) -> list:
     """The run's sources: a dataset path (one source, in the modality's format), a sources JSON
-    file, or a list of ``components.sources.Source``."""
-    from components import sources
+    file, or a list of ``components.data.sources.Source``."""
+    from components.data import sources
 
     if isinstance(data, (list, tuple)):
         return sources.parse(list(data))

@@ -1,12 +1,13 @@
 """One pipeline run's settings, declared once: the training hyper-parameters
 (``components.train.TrainSettings``) plus what the rest of a run needs. The command line's
-options (``components.cli.add_options``), the pipeline function's parameter defaults
-(``pipelines.definition``) and the study's profiles (``pipelines.study``) are all made from it."""
+options (``components.core.cli.add_options``), the pipeline function's parameter defaults
+(``pipelines.definition``) and the study's profiles (``pipelines.study.run``) are all made from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from components import catalog, stats
+from components.core import catalog
+from components.evaluation import stats
 from components.train import TrainSettings
 
 

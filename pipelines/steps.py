@@ -8,13 +8,13 @@ this module is ordinary, importable, testable Python.
 from __future__ import annotations
 
 import base64
-import csv
 from dataclasses import asdict
 from pathlib import Path
 
-from components import artifacts
-from components.atomic import write_text
-from components.records import tree_sha256
+from components.core import artifacts
+from components.model import loading
+from components.core.atomic import write_text
+from components.core.digests import tree_sha256
 from pipelines.cache import cached
 
 
@@ -29,8 +29,8 @@ def markdown_table(rows: list[list], header: list[str]) -> str:
 
 def extract(modality: str, sources: list, max_quarantine: float, cache_dir: str, examples, report) -> None:
     from components import extract as step
-    from components import phi
-    from components import sources as sources_
+    from components.core import phi
+    from components.data import sources as sources_
 
     chosen = sources_.parse(sources)
     # the data's content, whatever its path (a manifest inside the source folder is part of it)
@@ -126,7 +126,7 @@ def evaluate_and_save_graph(model_dir: str, splits_dir: str, evaluation_dir: str
     from components import evaluate as step
     from components import export
 
-    model = export.load_model(model_dir)
+    model = loading.load_model(model_dir)
     result = step.run(model_dir, Path(splits_dir) / "test", Path(splits_dir) / "validation", evaluation_dir,
                       min_f1=min_f1, collapse_sd=collapse_sd, bootstrap=bootstrap, seed=seed, model=model)
     if graph_dir is not None:
@@ -163,12 +163,12 @@ def _log_classification(evaluation_dir: Path, result: dict, classification) -> N
     import numpy as np
     from sklearn.metrics import confusion_matrix, roc_curve
 
-    from components import catalog
+    from components.core import catalog
 
-    with (evaluation_dir / artifacts.PREDICTIONS).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    y = np.array([int(r["label"]) for r in rows])
-    p = np.array([float(r["probability"]) for r in rows])
+    from components.evaluation import predictions
+
+    scored = predictions.read(evaluation_dir / artifacts.PREDICTIONS)
+    y, p = scored.y, scored.p
     fpr, tpr, thresholds = roc_curve(y, p)
     thresholds = np.minimum(thresholds, 1.0)              # sklearn starts at +inf; JSON cannot hold it
     classification.log_roc_curve(fpr.tolist(), tpr.tolist(), thresholds.tolist())
@@ -201,7 +201,7 @@ def gather(cache_dir: str, previous, evaluation, collected) -> None:
     subfolder each: the folder a step with a variable number of evaluations reads."""
     import shutil
 
-    from components.atomic import staged_dir
+    from components.core.atomic import staged_dir
 
     earlier = sorted(Path(previous.path).iterdir()) if previous is not None else []
 
@@ -226,7 +226,7 @@ def ensemble(min_f1: float, collapse_sd: float, bootstrap: int, seed: int, cache
     """The cohort ensemble (with one member there is none: the folder says so, and the exports
     carry no ensemble)."""
     from components import ensemble as step
-    from components.atomic import write_json
+    from components.core.atomic import write_json
 
     members = _members(collected)
     if len(members) < 2:
@@ -301,9 +301,11 @@ def pool(bootstrap: int, seed: int, cache_dir: str, collected, evaluation, metri
 def challenge(model_repo: str, margin: float, bootstrap: int, seed: int, evaluation, splits, blessing, report) -> None:
     """Not cached: its answer depends on what the repository's stable version is now."""
     from components import challenge as step
+    from serving import layout
 
-    result = step.run(evaluation.path, Path(splits.path) / "test", model_repo, blessing.path, margin=margin,
-                      bootstrap=bootstrap, seed=seed)
+    name = artifacts.read_json(evaluation.path, artifacts.METRICS)["model_name"]
+    result = step.run(evaluation.path, Path(splits.path) / "test", layout.stable_version(model_repo, name),
+                      blessing.path, margin=margin, bootstrap=bootstrap, seed=seed)
     blessing.metadata.update({"blessed": result["blessed"], "baseline_version": result["baseline_version"]})
     c = result.get("comparison") or {}
     rows = [[result["baseline_version"] or "none", f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"

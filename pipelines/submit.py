@@ -11,14 +11,14 @@ import json
 import tempfile
 from pathlib import Path
 
-from components import cli
+from components.core import cli
 from pipelines import definition
 
 
 def arguments(data: str, settings, image: str | None, data_pvc: str, model_repo_pvc: str,
               accelerator_type: str, accelerator_limit: int) -> dict:
     """``data``: a dataset path as the pods see it, or a local sources JSON file whose paths are."""
-    from components import sources
+    from components.data import sources
 
     # a sources file's paths are the pods' paths: taken as written, not resolved here
     chosen = sources.parse(json.loads(Path(data).read_text())) if data.endswith(".json") else None

@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from components import cli
+from components.core import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def _run(args, _):
 
         print(f"wrote {protos_build.write()}")
         return
-    from serving import repository
+    from serving import configs, layout, repository
 
     if args.command == "push":
         canary = {"blessed": True, "reason": args.reason or "pushed by an operator with --canary"} if args.canary else None
@@ -80,10 +80,10 @@ def _run(args, _):
         print(f"{args.model}: stable {entry['from']} -> {entry['to']} ({args.reason})")
     elif args.command == "rollback":
         entry = repository.rollback(args.model_repo, args.model, args.reason, base_path=args.base_path)
-        print(f"{args.model}: {entry['label']} {entry['from']} rolled back; stable is {repository.labels(args.model_repo, args.model).get('stable')}")
+        print(f"{args.model}: {entry['label']} {entry['from']} rolled back; stable is {layout.labels(args.model_repo, args.model).get('stable')}")
     elif args.command == "configs":
-        repository.write_configs(args.model_repo, args.base_path)
-        print(f"wrote {args.model_repo}/{repository.MODELS_CONFIG} and {repository.BATCHING_CONFIG}")
+        configs.write_configs(args.model_repo, args.base_path)
+        print(f"wrote {args.model_repo}/{configs.MODELS_CONFIG} and {configs.BATCHING_CONFIG}")
     else:
         from serving.server import Server
 
@@ -98,12 +98,12 @@ def _run(args, _):
 
 
 def describe(root, model: str, last: int = 10) -> str:
-    from serving import history, repository
+    from serving import history, layout
 
-    repository.model_folder(Path(root), model)
-    current = repository.labels(root, model)
+    layout.model_folder(Path(root), model)
+    current = layout.labels(root, model)
     lines = [f"{model}: stable {current.get('stable', '-')}, canary {current.get('canary', '-')}; "
-             f"versions {repository.versions(root, model)}"]
+             f"versions {layout.versions(root, model)}"]
     for r in history.read(root, model)[-last:]:
         words = [r["action"], r.get("label") or "",
                  "" if r.get("to") is None and r.get("from") is None else f"{r.get('from') or '-'} -> {r.get('to') or '-'}"]

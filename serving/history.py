@@ -25,8 +25,9 @@ import datetime
 import getpass
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from components.core.atomic import write_bytes
 
 HISTORY = "history.jsonl"
 ACTIONS = ("verified", "refused", "stable", "canary", "promote", "rollback")
@@ -53,19 +54,8 @@ def append(root: str | Path, model: str, action: str, *, to: int | None = None, 
              "user": user or _user(), "action": action, "model": model, "label": label, "from": from_, "to": to,
              "reason": reason, "evidence": evidence or {}}
     p = path(root, model)
-    p.parent.mkdir(parents=True, exist_ok=True)
     old = p.read_bytes() if p.exists() else b""
-    fd, tmp = tempfile.mkstemp(prefix=f".{HISTORY}.tmp-", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(old + (json.dumps(entry, sort_keys=True) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(p, old + (json.dumps(entry, sort_keys=True) + "\n").encode(), durable=True, mode=0o644)
     return entry
 
 

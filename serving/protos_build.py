@@ -6,7 +6,6 @@ gateway speaks exactly TF Serving's gRPC API without importing TensorFlow.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -61,7 +60,7 @@ def build_descriptor_set() -> bytes:
 def write(path: str | Path | None = None) -> Path:
     """Write the set atomically (it is read by every gateway and server at import)."""
     path = Path(path) if path else Path(__file__).with_name("tensorflow_serving.binpb")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(build_descriptor_set())
-    os.replace(tmp, path)
+    from components.core.atomic import write_bytes
+
+    write_bytes(path, build_descriptor_set(), mode=0o644)
     return path

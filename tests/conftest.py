@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from components import catalog, ensemble, export, extract, sample_data, split, stain, train
+from components.core import catalog
+from components import ensemble, export, extract, sample_data, split, stain, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -26,7 +27,7 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # other, once the models are built (LATE modules are collected last).
 WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway", "test_gateway_process",
                                                    "test_gateway_v2", "test_gateway_dicom", "test_dicom_node",
-                                                   "test_pages_browser", "test_train_evaluate_export")},
+                                                   "test_pages_browser", "test_train_evaluate_export", "test_wheel")},
                  **{m: "pipeline-run" for m in ("test_pipelines", "test_operations", "test_serving")}}
 LATE = ("test_operations", "test_serving")
 # tests of a grouped module that use none of its shared fixtures: free to run on either worker
@@ -111,7 +112,7 @@ COMBOS = {("resnet50", "unfrozen"): "ultrasound", ("vgg16", "unfrozen"): "ultras
 
 @contextlib.contextmanager
 def once_per_session(tmp_path_factory, name: str):
-    """(folder, built): a folder every xdist worker of this session shares, under a lock, so the
+    """(folder, built): a folder every xdist worker of this test run shares, under a lock, so the
     first to ask builds it (and marks it built) while the others wait, then reuse it."""
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
@@ -169,11 +170,11 @@ def export_variant(export_dir: Path, out: Path, note: str, damage=None) -> Path:
     import json
     import shutil
 
-    from serving import repository
+    from serving import layout
 
     shutil.copytree(export_dir, out)
-    card = json.loads((out / repository.CARD).read_text())
-    (out / repository.CARD).write_text(json.dumps({**card, "note": note}))
+    card = json.loads((out / layout.CARD).read_text())
+    (out / layout.CARD).write_text(json.dumps({**card, "note": note}))
     if damage:
         damage(out)
     return out

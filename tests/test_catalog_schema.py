@@ -1,6 +1,7 @@
 import pytest
 
-from components import catalog, schema
+from components.core import catalog
+from components.data import schema
 
 
 def test_catalog_has_18_models_in_6_cohorts():

@@ -2,17 +2,17 @@
 import numpy as np
 import tensorflow as tf
 
-from components import data
+from components.model import inputs
 
 
 def test_evaluation_batches_are_deterministic_and_carry_ids(sample_splits):
     split = sample_splits["mammography"] / "validation"
-    a = list(data.dataset(split, "mammography", 32, 8, training=False, with_ids=True))
-    b = list(data.dataset(split, "mammography", 32, 8, training=False, with_ids=True))
+    a = list(inputs.dataset(split, "mammography", 32, 8, training=False, with_ids=True))
+    b = list(inputs.dataset(split, "mammography", 32, 8, training=False, with_ids=True))
     images, labels, source_ids, patients, sources = a[0]
     assert images.shape[1:] == (32, 32, 3) and images.dtype == tf.float32 and labels.dtype == tf.float32
     assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[2], y[2]) for x, y in zip(a, b))
-    negatives, positives = data.count_labels(split)
+    negatives, positives = inputs.count_labels(split)
     assert sum(int(x[1].shape[0]) for x in a) == negatives + positives
 
 
@@ -22,7 +22,7 @@ def _seed(*values):
 
 def test_augmentation_warps_each_image_but_keeps_shape_and_range():
     rng = np.random.default_rng(0)
-    augment = data.augmenter("histology")
+    augment = inputs.augmenter("histology")
     for k in range(4):
         image = rng.integers(0, 256, (40, 40, 3)).astype("uint8")
         out = augment(tf.constant(image), _seed(3, k)).numpy()
@@ -32,19 +32,19 @@ def test_augmentation_warps_each_image_but_keeps_shape_and_range():
         assert np.array_equal(out, augment(tf.constant(image), _seed(3, k)).numpy())
         assert not np.allclose(out, augment(tf.constant(image), _seed(4, k)).numpy())
     # grayscale is augmented on one channel and comes out as RGB with equal channels
-    gray = data.augmenter("report")(tf.constant(rng.integers(0, 256, (40, 40, 1)).astype("uint8")), _seed(1, 0)).numpy()
+    gray = inputs.augmenter("report")(tf.constant(rng.integers(0, 256, (40, 40, 1)).astype("uint8")), _seed(1, 0)).numpy()
     assert gray.shape == (40, 40, 3) and np.array_equal(gray[..., 0], gray[..., 2])
     # flip/rotation/zoom keep a centred bright disk near the centre
     yy, xx = np.mgrid[0:41, 0:41]
     disk = (((yy - 20) ** 2 + (xx - 20) ** 2 < 36) * 200).astype("uint8")[..., None]
-    warped = data.augmenter("report")(tf.constant(disk), _seed(1, 0)).numpy()[..., 0]
+    warped = inputs.augmenter("report")(tf.constant(disk), _seed(1, 0)).numpy()[..., 0]
     assert warped[20, 20] > 150 and warped[0, 0] < 60
 
 
 def test_training_batches_are_augmented(sample_splits):
     split = sample_splits["ultrasound"] / "train"
-    plain = next(iter(data.dataset(split, "ultrasound", 32, 64, training=False)))[0].numpy()
-    aug = next(iter(data.dataset(split, "ultrasound", 32, 64, training=True, seed=0)))[0].numpy()
+    plain = next(iter(inputs.dataset(split, "ultrasound", 32, 64, training=False)))[0].numpy()
+    aug = next(iter(inputs.dataset(split, "ultrasound", 32, 64, training=True, seed=0)))[0].numpy()
     assert aug.shape[1:] == plain.shape[1:] and aug.min() >= 0 and aug.max() <= 255
     # the shuffled and augmented batch is not the plain one
     assert not np.allclose(np.sort(aug.ravel()), np.sort(plain[: len(aug)].ravel()))
@@ -56,7 +56,7 @@ def test_training_batches_are_the_same_on_every_run_and_new_each_epoch(sample_sp
     split = sample_splits["histopathology"] / "train"
 
     def epochs(seed):
-        ds = data.dataset(split, "histopathology", 32, 16, training=True, seed=seed)
+        ds = inputs.dataset(split, "histopathology", 32, 16, training=True, seed=seed)
         return [np.concatenate([b[0].numpy() for b in ds]) for _ in range(2)]
 
     first, again, other = epochs(5), epochs(5), epochs(6)

@@ -1,4 +1,4 @@
-"""components.dicom on generated files (tests.dicom_fixtures): every accepted transfer syntax
+"""components.imaging.dicom on generated files (tests.dicom_fixtures): every accepted transfer syntax
 decodes to the pixels the standard's pixel path gives (computed here independently, lossless
 exactly), MONOCHROME1 equals its MONOCHROME2 twin, windows, VOI LUTs, rescale, color, the
 multi-frame rule, and every attack refused quickly, with a reason, without allocating."""
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydicom import uid
 
-from components import dicom, images
+from components.imaging import dicom, images
 from tests import dicom_fixtures as fx
 
 LOSSLESS = (uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.ExplicitVRBigEndian, uid.RLELossless,

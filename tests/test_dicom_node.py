@@ -1,4 +1,4 @@
-"""The DICOM node (gateway.dicom_node): what it takes by C-STORE and STOW-RS, what it refuses,
+"""The DICOM node (dicom_node): what it takes by C-STORE and STOW-RS, what it refuses,
 how it groups a study, and the round trip through a real Orthanc and the real gateway: the
 PACS sends an image, the node asks the gateway, and the PACS holds the report."""
 from __future__ import annotations
@@ -24,11 +24,11 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from gateway import dicom_sr
-from gateway.dicom_node import Node, NodeConfig, admission
-from gateway.dicom_node.pacs import DicomWebStore, DimseStore
-from gateway.dicom_node.inbox import tag
-from gateway.dicom_node.report import Reporter, Retry, Transient, referenced_instances
-from gateway.dicom_node.stow import split_multipart
+from dicom_node import Node, NodeConfig, admission
+from dicom_node.pacs import DicomWebStore, DimseStore
+from dicom_node.inbox import tag
+from dicom_node.report import Reporter, Retry, Transient, referenced_instances
+from dicom_node.stow import split_multipart
 from tests import dciodvfy, dicom_fixtures, orthanc
 
 NODE_AET = "NODE_AET"
@@ -357,7 +357,7 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path):
     with live_gateway(pipeline_outputs, root) as (_, gateway), \
             orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.dicom_node", "--gateway", f"http://{gateway}",
+            [sys.executable, "-m", "dicom_node", "--gateway", f"http://{gateway}",
              "--store-to", "dicomweb", archive.dicomweb, "--ae-title", NODE_AET, "--dicom-port", str(node_port),
              "--http-port", str(http_port), "--quiet-seconds", "2", "--retry-delay", "1",
              "--strategy", "mammography=progressive", "--strategy", "ultrasound=unfrozen"],

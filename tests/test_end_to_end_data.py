@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from components import extract, records, schema, split, validate
+from components import extract, split, validate
+from components.data import records, schema
 from tests.conftest import SHARED, needs_shared_datasets, run_cli
 
 
@@ -78,7 +79,7 @@ def test_real_datasets_extract_split_validate_without_crashes(modality, tmp_path
 def test_the_studys_ultrasound_sources_busi_and_busbra_split_per_source(tmp_path):
     """BUS-BRA is read through its published manifest (bus_data.csv: Pathology, Case), beside
     BUSI's class folders; both sources reach every split, no case in two splits."""
-    from components import sources
+    from components.data import sources
 
     chosen = sources.study_sources("ultrasound", SHARED)
     summary = extract.run("ultrasound", chosen, tmp_path / "ex")

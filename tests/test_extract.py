@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import catalog, extract, records, sample_data, schema
+from components.core import catalog
+from components import extract, sample_data
+from components.data import records, schema
 from tests.conftest import run_cli
 
 
@@ -19,7 +21,7 @@ def _png(arr, **kw) -> bytes:
 
 @pytest.fixture()
 def messy_folder(tmp_path):
-    """A BUSI-style class folder with good images and the five awkward files of the issue."""
+    """A BUSI-style class folder with good images and five awkward files."""
     root = tmp_path / "busi"
     sample_data.run("ultrasound", root, count=40, seed=3)
     rgb = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
@@ -149,7 +151,7 @@ def test_a_16_bit_image_decodes_without_float64_copies():
     uint8 result, about 3 bytes a pixel instead of over 24, and gives the same pixels."""
     import tracemalloc
 
-    from components import images
+    from components.imaging import images
 
     side = 3000
     ramp = (np.add.outer(np.arange(side), np.arange(side)) * 7 % 60000 + 1000).astype(np.uint16)

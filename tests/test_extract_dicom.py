@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 from pydicom import config, uid
 
-from components import cli, dicom_folder, extract, phi, records, schema, sources
+from components.core import cli, phi
+from components.data import dicom_folder, records, schema, sources
+from components import extract
 from tests import dicom_fixtures as fx
 from tests.test_dicom import linear
 

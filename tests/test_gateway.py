@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import records, schema
+from components.data import records, schema
 from gateway.app import GatewayConfig, create_app
-from serving import repository
+from serving import layout, repository
 from serving.client import ServingClient
 from serving.server import Server
 
@@ -275,7 +275,7 @@ def test_a_malformed_card_is_skipped_and_named_not_a_500_everywhere(stack, pipel
     assert bad_name not in [m["name"] for m in stack["client"].get("/api/v1/models").json["models"]]
     folder = stack["root"] / bad_name / "1"
     shutil.copytree(pipeline_outputs["histopathology-vgg16-progressive"] / "saved_model", folder)
-    card_path = folder / repository.CARD
+    card_path = folder / layout.CARD
     card = json.loads(card_path.read_text())
     card.update(model_name=bad_name, modality="mammography", backbone="vgg16")
     card.pop("strategy")

@@ -17,11 +17,11 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
-from components import records, schema
+from components.data import records, schema
 from gateway.__main__ import server
 from gateway.app import GatewayConfig
 from gateway.uploads import read_image, transport_side
-from serving import repository
+from serving import layout, repository
 from serving.server import Server, free_port
 
 
@@ -150,8 +150,8 @@ def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipel
     repository.push(pipeline_outputs[NAME] / "saved_model", root)
     broken = tmp_path / "broken"
     shutil.copytree(pipeline_outputs[NAME] / "saved_model", broken)
-    card = json.loads((broken / repository.CARD).read_text())
-    (broken / repository.CARD).write_text(json.dumps({**card, "threshold": 0.123, "note": "broken"}))
+    card = json.loads((broken / layout.CARD).read_text())
+    (broken / layout.CARD).write_text(json.dumps({**card, "threshold": 0.123, "note": "broken"}))
     (broken / "saved_model.pb").write_bytes((broken / "saved_model.pb").read_bytes()[:500])
     model_server = Server(root, port=0, poll_seconds=0.2)
     client = ServingClient(f"127.0.0.1:{model_server.port}")
@@ -159,7 +159,7 @@ def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipel
         # a push refuses an export that does not load: nothing is published (the test waited
         # 30 s here for the server to fail loading a version 2 that no longer exists)
         refused = repository.push(broken, root)
-        assert not refused.pushed and "refused" in refused.reason and repository.versions(root, NAME) == [1]
+        assert not refused.pushed and "refused" in refused.reason and layout.versions(root, NAME) == [1]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (1, "AVAILABLE") not in client.status(NAME):
             time.sleep(0.2)
@@ -180,7 +180,7 @@ def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipel
 
 def test_concurrent_uploads_decode_at_most_max_decodes_at_once(tmp_path):
     """Eight large uploads at once: only ``max_decodes`` of them hold decoded pixels at a time."""
-    from components import images
+    from components.imaging import images
     from gateway.app import create_app
 
     big = io.BytesIO()

@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from components import records, schema
+from components.data import records, schema
 from serving import repository
 from serving.client import ServingClient
 from tests.conftest import live_gateway

@@ -9,9 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from components import challenge, evaluate, records, schema
+from components import challenge
+from components.evaluation import scoring
+from components.evaluation import predictions
+from components.data import records, schema
 from gateway.app import GatewayConfig, create_app
-from serving import history, repository
+from serving import configs, history, layout, repository
 from serving.server import Server
 from tests.conftest import export_variant, live_gateway, run_cli
 
@@ -41,10 +44,10 @@ def test_stable_never_points_at_a_broken_version(pipeline_outputs, tmp_path):
     fourth = repository.push(_variant(pipeline_outputs, tmp_path, "v4"), root, canary=BLESSED)
     assert fourth.pushed and fourth.version == 3                       # the refused export took no number
     shutil.copytree(_variant(pipeline_outputs, tmp_path, "dropped-in", _corrupt_variables), root / NAME / "9")
-    repository.write_configs(root)
-    labels = repository.labels(root, NAME)
+    configs.write_configs(root)
+    labels = layout.labels(root, NAME)
     assert labels == {"stable": 1, "canary": 3}
-    config = repository.read_models_config(root).model_config_list.config[0]
+    config = configs.read_models_config(root).model_config_list.config[0]
     assert dict(config.version_labels) == labels and 9 not in config.model_version_policy.specific.versions
     actions = [(r["action"], r["to"]) for r in history.read(root, NAME)]
     assert actions == [("verified", 1), ("stable", 1), ("verified", 2), ("canary", 2), ("refused", None),
@@ -58,11 +61,11 @@ def _candidate(tmp_path, name: str, test_dir: Path, validation_dir: Path, scores
     def scored(split_dir, prefix):
         recs = [schema.deserialize(r) for r in records.read_records(split_dir)]
         y = np.array([r.label for r in recs])
-        return evaluate.Scored(y, scores(y), [r.source_id for r in recs], [r.patient_id for r in recs],
+        return predictions.Scored(y, scores(y), [r.source_id for r in recs], [r.patient_id for r in recs],
                                [r.source for r in recs])
 
     out = tmp_path / name
-    evaluate.report(NAME, "ultrasound", scored(validation_dir, "v"), scored(test_dir, "t"), test_dir, validation_dir,
+    scoring.report(NAME, "ultrasound", scored(validation_dir, "v"), scored(test_dir, "t"), test_dir, validation_dir,
                     out, min_f1=0.0, bootstrap=300)
     return out
 
@@ -95,7 +98,8 @@ def test_a_worse_candidate_is_refused_for_canary_and_a_better_one_is_labelled(pi
     verdicts = {}
     for name, evaluation in (("worse", worse), ("better", better)):
         out = tmp_path / f"challenge-{name}"
-        verdicts[name] = challenge.run(evaluation, held_out, root, out, margin=0.02, bootstrap=300)
+        verdicts[name] = challenge.run(evaluation, held_out, layout.stable_version(root, NAME), out, margin=0.02,
+                                         bootstrap=300)
         record = SimpleNamespace(path=str(tmp_path / f"push-{name}.md"), metadata={})
         steps.push(str(root), 3, SimpleNamespace(path=str(_variant(pipeline_outputs, tmp_path, name))),
                    SimpleNamespace(path=str(evaluation)), SimpleNamespace(path=str(out)), record)
@@ -107,11 +111,12 @@ def test_a_worse_candidate_is_refused_for_canary_and_a_better_one_is_labelled(pi
     assert json.loads((tmp_path / "challenge-worse" / "blessing.json").read_text())["comparison"]["ci_low"] == c["ci_low"]
     assert not worse_v["push"]["pushed"] and worse_v["push"]["reason"].startswith("not blessed")
     assert better_v["blessed"] and better_v["comparison"]["ci_low"] > -0.02, better_v["reason"]
-    assert better_v["push"]["pushed"] and repository.labels(root, NAME) == {"stable": 1, "canary": 2}
+    assert better_v["push"]["pushed"] and layout.labels(root, NAME) == {"stable": 1, "canary": 2}
     canary = [r for r in history.read(root, NAME) if r["action"] == "canary"]
     assert canary[-1]["evidence"]["comparison"]["difference"] == better_v["comparison"]["difference"]
     # the first model of a name has no champion: the absolute rule alone
-    first = challenge.run(better, held_out, tmp_path / "empty-repo", tmp_path / "first", bootstrap=100)
+    first = challenge.run(better, held_out, layout.stable_version(tmp_path / "empty-repo", NAME), tmp_path / "first",
+                          bootstrap=100)
     assert first["blessed"] and first["baseline_version"] is None and "first model" in first["reason"]
 
 
@@ -121,9 +126,9 @@ def test_rollback_restores_the_last_stable_version_and_the_history_records_it(pi
     run_cli("serving", "push", "--export", str(_variant(pipeline_outputs, tmp_path, "v2")), "--model-repo", str(root),
             "--canary", "--reason", "retrained on the new data")
     promoted = run_cli("serving", "promote", NAME, "2", "--model-repo", str(root), "--reason", "canary held for a week")
-    assert "stable 1 -> 2" in promoted.stdout and repository.labels(root, NAME) == {"stable": 2}
+    assert "stable 1 -> 2" in promoted.stdout and layout.labels(root, NAME) == {"stable": 2}
     back = run_cli("serving", "rollback", NAME, "--model-repo", str(root), "--reason", "sensitivity fell at site B")
-    assert "stable is 1" in back.stdout and repository.labels(root, NAME) == {"stable": 1}
+    assert "stable is 1" in back.stdout and layout.labels(root, NAME) == {"stable": 1}
     last = history.read(root, NAME)[-1]
     assert (last["action"], last["label"], last["from"], last["to"]) == ("rollback", "stable", 2, 1)
     assert last["reason"] == "sensitivity fell at site B" and last["user"] and last["time"]
@@ -133,7 +138,7 @@ def test_rollback_restores_the_last_stable_version_and_the_history_records_it(pi
     run_cli("serving", "push", "--export", str(_variant(pipeline_outputs, tmp_path, "v3")), "--model-repo", str(root),
             "--canary")
     run_cli("serving", "rollback", NAME, "--model-repo", str(root), "--reason", "canary errors")
-    assert repository.labels(root, NAME) == {"stable": 1}
+    assert layout.labels(root, NAME) == {"stable": 1}
     nothing = run_cli("serving", "rollback", NAME, "--model-repo", str(root), "--reason", "again", check=False)
     assert nothing.returncode == 2 and "no earlier stable version" in nothing.stderr
     lines = (root / NAME / history.HISTORY).read_text().splitlines()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from components import records, schema
+from components.data import records, schema
 from gateway.app import GatewayConfig, create_app
 from serving import repository
 from serving.server import Server

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import catalog
-from pipelines import report, study
+from components.core import catalog
+from pipelines.study import report
+from pipelines.study import run as study
 from pipelines.settings import RunSettings
-from serving import repository
+from serving import configs, layout
 from tests.conftest import run_cli
 
 
@@ -103,11 +104,11 @@ def test_local_run_pushes_every_model_as_a_loadable_savedmodel(local_run):
 
     repo = local_run["base"] / "repo"
     expected = sorted(catalog.model_name("histopathology", b, s) for b in LOCAL_BACKBONES for s in LOCAL_STRATEGIES)
-    assert repository.models(repo) == expected
+    assert layout.models(repo) == expected
     for name in expected:
         loaded = tf.saved_model.load(str(repo / name / "1"))
         assert {"serving_default", "explain"} <= set(loaded.signatures)
-    config = repository.read_models_config(repo)
+    config = configs.read_models_config(repo)
     assert sorted(c.name for c in config.model_config_list.config) == expected
     assert f"[{LOCAL_TASKS}/{LOCAL_TASKS}]" in local_run["stdout"]          # progress: one line per finished task
     assert "[epoch] histopathology-vgg16-unfrozen 2/2" in local_run["stdout"]   # and per training epoch
@@ -229,7 +230,7 @@ def cv_run(local_run):
 def test_cross_validation_tests_every_patient_exactly_once_out_of_fold(cv_run, local_run, tmp_path):
     import csv
 
-    from components import records, schema
+    from components.data import records, schema
 
     run_dir = cv_run["run_dir"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -313,7 +314,7 @@ def test_the_step_cache_key_covers_the_installed_dependency_lock():
     pins = [p.split("[")[0] if "[" in p.split("==")[0] else p for p in pins]
     assert "tensorflow==2.16.2" in lines and "keras==3.6.0" in lines
     assert sum(p in lines for p in pins) >= 0.9 * len(pins)      # the lock, as installed
-    same = cache.fingerprint()
+    same = cache.fingerprint("train")
     changed = {**same, "environment": cache.hashlib.sha256(b"keras==3.6.1").hexdigest()}
     args = ("train", {"epochs": 1}, {})
     assert cache.step_key(*args, same) == cache.step_key(*args) != cache.step_key(*args, changed)
@@ -322,7 +323,7 @@ def test_the_step_cache_key_covers_the_installed_dependency_lock():
 def test_settings_travel_to_another_process_as_options_unchanged():
     """The study starts its seed replicates as `pipelines run` processes: the options made from
     a profile's settings parse back to the same settings."""
-    from components import cli
+    from components.core import cli
     from pipelines.__main__ import build_parser, settings_from
 
     given = study.settings("cpu", "histopathology", seed=2, backbones=["vgg16"], strategies=["progressive"])

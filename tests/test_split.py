@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from components import extract, records, sample_data, schema, split
+from components import extract, sample_data, split
+from components.core import digests
+from components.data import records, schema
 from tests.conftest import SHARED, needs_shared_datasets, run_cli
 
 
@@ -65,8 +67,8 @@ def test_sample_histopathology_split_is_patient_wise_and_byte_reproducible(sampl
     assert sum(s["records"] for s in manifest["splits"].values()) == manifest["records"] == 60
     for name in split.SPLITS:
         recs = [schema.deserialize(r) for r in records.read_records(tmp_path / "s1" / name)]
-        assert manifest["splits"][name]["content_sha256"] == records.content_digest(
-            records.sha256_bytes(schema.serialize(r)) for r in recs)
+        assert manifest["splits"][name]["content_sha256"] == digests.content_digest(
+            digests.sha256_bytes(schema.serialize(r)) for r in recs)
 
 
 @needs_shared_datasets()

@@ -7,7 +7,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import preprocess, records, sample_data, schema, stain
+from components.model import preprocess
+from components.core import digests
+from components.data import macenko, records, schema
+from components import sample_data, stain
 
 
 def _tissue(seed, h_vec, e_vec):
@@ -19,7 +22,7 @@ def reference():
     tiles = [_tissue(i, sample_data.H_STAIN, sample_data.E_STAIN) for i in range(20)]
     tiles += [sample_data.he_patch(np.random.default_rng(100 + i), 0, sample_data.H_STAIN, sample_data.E_STAIN, (64, 64))
               for i in range(20)]
-    return stain.fit_reference(tiles)
+    return macenko.fit_reference(tiles)
 
 
 def test_reference_recovers_the_hematoxylin_and_eosin_vectors(reference):
@@ -34,7 +37,7 @@ def test_normalization_brings_a_differently_stained_slide_to_the_reference(refer
     pale_h = np.array([0.45, 0.80, 0.40], np.float32) * 0.7   # another lab's weaker, bluer hematoxylin
     odd = _tissue(7, pale_h, sample_data.E_STAIN * 1.3)
     target = _tissue(7, sample_data.H_STAIN, sample_data.E_STAIN)  # same tissue, reference stains
-    normalized, how = stain.normalize(odd, reference)
+    normalized, how = macenko.normalize(odd, reference)
     assert how == "normalized" and normalized.dtype == np.uint8 and normalized.shape == odd.shape
     before = np.abs(odd.astype(float) - target).mean()
     after = np.abs(normalized.astype(float) - target).mean()
@@ -44,13 +47,13 @@ def test_normalization_brings_a_differently_stained_slide_to_the_reference(refer
 @pytest.mark.parametrize("tile", [np.full((50, 50, 3), 255, np.uint8), np.full((50, 42, 3), 240, np.uint8),
                                   np.zeros((50, 50, 3), np.uint8) + np.array([250, 248, 252], np.uint8)])
 def test_background_and_white_tiles_pass_through_without_nan(reference, tile):
-    out, how = stain.normalize(tile, reference)
+    out, how = macenko.normalize(tile, reference)
     assert how == "background" and np.array_equal(out, tile)
 
 
 def test_flat_single_colour_tissue_falls_back_to_reference_stains(reference):
     flat = np.zeros((50, 50, 3), np.uint8) + np.array([120, 60, 140], np.uint8)   # no stain plane
-    out, how = stain.normalize(flat, reference)
+    out, how = macenko.normalize(flat, reference)
     assert how == "reference-stains" and np.isfinite(out).all() and out.dtype == np.uint8
 
 
@@ -62,8 +65,8 @@ def test_stain_step_normalizes_every_split(sample_splits, tmp_path):
     for name in ("train", "validation", "test"):
         recs = [schema.deserialize(r) for r in records.read_records(tmp_path / "n" / name)]
         assert len(recs) == manifest["splits"][name]["records"]
-        assert manifest["splits"][name]["content_sha256"] == records.content_digest(
-            records.sha256_bytes(schema.serialize(r)) for r in recs)
+        assert manifest["splits"][name]["content_sha256"] == digests.content_digest(
+            digests.sha256_bytes(schema.serialize(r)) for r in recs)
     assert (tmp_path / "n" / "before_after.png").exists()
 
 
@@ -104,8 +107,8 @@ def test_graph_normalization_matches_the_stain_step_within_one_grey_level(refere
     for i in range(12):
         h_vec, e_vec = sample_data._stain(rng, sample_data.H_STAIN), sample_data._stain(rng, sample_data.E_STAIN)
         tile = sample_data.he_patch(rng, i % 2, h_vec, e_vec, (50, 50))
-        expected, _ = stain.normalize(tile, reference)
-        got = stain.normalize_tf(tf.constant(tile), reference).numpy()
+        expected, _ = macenko.normalize(tile, reference)
+        got = macenko.normalize_tf(tf.constant(tile), reference).numpy()
         assert got.dtype == np.uint8 and np.abs(got.astype(int) - expected).max() <= 1
     white = np.full((50, 50, 3), 255, np.uint8)
-    assert np.array_equal(stain.normalize_tf(tf.constant(white), reference).numpy(), white)
+    assert np.array_equal(macenko.normalize_tf(tf.constant(white), reference).numpy(), white)

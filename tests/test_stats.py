@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from components import stats
+from components.evaluation import stats
 
 Y = np.array([0] * 120 + [1] * 80)
 
@@ -144,7 +144,7 @@ def test_only_a_flattening_temperature_means_collapse():
     """A model whose scores carry no signal fits the temperature at the upper bound (every
     answer flattened towards 0.5): collapsed. Scores that separate the validation split push
     the temperature down (sharper is better), and even at the lower bound that model is fine."""
-    from components.evaluate import collapse
+    from components.evaluation.scoring import collapse
 
     y = np.array([0, 1] * 50)
     separating = np.where(y == 1, 0.8, 0.2) + np.linspace(-0.05, 0.05, len(y))

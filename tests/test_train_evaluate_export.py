@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import catalog, cli, compare, evaluate, export, models, preprocess, records, schema, stain, stats, train
+from components import compare, export, train
+from components.core import artifacts, catalog, cli
+from components.data import macenko, records, schema
+from components.evaluation import predictions, scoring, stats
+from components.model import backbones, preprocess
 from tests.conftest import COMBOS, ROOT
 
 
@@ -40,12 +44,12 @@ def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pi
     loaded = tf.saved_model.load(str(out / "saved_model"))
     served = loaded.signatures["serving_default"](image_bytes=tf.constant(pngs))
     model = keras.models.load_model(out / "model" / "model.keras", compile=False)
-    reference = stain.reference_from_json(training["stain"]) if training["stain"] else None
+    reference = macenko.reference_from_json(training["stain"]) if training["stain"] else None
     assert (reference is not None) == (modality == "histopathology")
 
     def prepared(b):
         image = preprocess.decode_rgb(b)
-        return preprocess.model_input(stain.normalize_tf(image, reference) if reference else image, modality, 32)
+        return preprocess.model_input(macenko.normalize_tf(image, reference) if reference else image, modality, 32)
 
     x = tf.stack([prepared(b) for b in pngs])
     expected = stats.apply_temperature(model(x, training=False).numpy().reshape(-1), metrics["temperature"]["value"])
@@ -61,7 +65,7 @@ def test_trained_evaluated_exported_model_serves_the_keras_probability(combo, pi
     assert card["label_names"] == list(catalog.modality(modality).label_names)
     assert set(card["test_metrics"]) == set(stats.METRICS)
     assert card["data"]["split_content_sha256"]["test"]
-    assert (out / "saved_model" / "assets.extra" / export.WARMUP_FILE).stat().st_size > 0
+    assert (out / "saved_model" / "assets.extra" / artifacts.WARMUP_FILE).stat().st_size > 0
 
 
 def test_an_export_in_two_halves_equals_the_export_in_one(pipeline_outputs, sample_splits, tmp_path):
@@ -105,7 +109,7 @@ def test_threshold_on_test_is_the_one_chosen_on_validation(pipeline_outputs, sam
     out = pipeline_outputs["ultrasound-resnet50-unfrozen"]
     splits = sample_splits["ultrasound"]
     model = keras.models.load_model(out / "model" / "model.keras", compile=False)
-    validation = evaluate.score(model, splits / "validation", "ultrasound", 32)
+    validation = scoring.score(model, splits / "validation", "ultrasound", 32)
     yv, pv = validation.y, validation.p
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     temperature = metrics["temperature"]["value"]
@@ -113,7 +117,7 @@ def test_threshold_on_test_is_the_one_chosen_on_validation(pipeline_outputs, sam
     pv = stats.apply_temperature(pv, temperature)
     assert metrics["threshold"] == pytest.approx(stats.choose_threshold(yv, pv))
     assert metrics["threshold_chosen_on"].endswith("validation")
-    test = evaluate.score(model, splits / "test", "ultrasound", 32)
+    test = scoring.score(model, splits / "test", "ultrasound", 32)
     yt, pt = test.y, stats.apply_temperature(test.p, temperature)
     assert metrics["metrics"]["f1"]["value"] == pytest.approx(stats.at_threshold(yt, pt, metrics["threshold"])["f1"])
 
@@ -150,9 +154,9 @@ def test_progressive_from_scratch_never_trains_a_head_on_frozen_random_features(
     assert [s["trains"] for s in pretrained.stages()] == ["head", "top"]
 
 
-def _scored(y, p, prefix="r") -> evaluate.Scored:
+def _scored(y, p, prefix="r") -> predictions.Scored:
     n = len(y)
-    return evaluate.Scored(np.asarray(y), np.asarray(p, float), [f"{prefix}{i}" for i in range(n)],
+    return predictions.Scored(np.asarray(y), np.asarray(p, float), [f"{prefix}{i}" for i in range(n)],
                            [f"p{i}" for i in range(n)], ["site"] * n)
 
 
@@ -167,12 +171,12 @@ def test_temperature_and_threshold_see_validation_only(tmp_path):
     pt = np.clip(0.2 + 0.6 * yt + rng.normal(0, 0.2, 200), 0.001, 0.999)
     common = dict(model_name="ultrasound-vgg16-unfrozen", modality="ultrasound", examples=tmp_path / "test",
                   threshold_from=tmp_path / "validation", bootstrap=50)
-    good = evaluate.report(validation=_scored(yv, pv, "v"), test=_scored(yt, pt), out=tmp_path / "a", **common)
-    inverted = evaluate.report(validation=_scored(yv, pv, "v"), test=_scored(yt, 1 - pt), out=tmp_path / "b", **common)
+    good = scoring.report(validation=_scored(yv, pv, "v"), test=_scored(yt, pt), out=tmp_path / "a", **common)
+    inverted = scoring.report(validation=_scored(yv, pv, "v"), test=_scored(yt, 1 - pt), out=tmp_path / "b", **common)
     assert good["temperature"]["value"] == inverted["temperature"]["value"] == pytest.approx(stats.fit_temperature(yv, pv))
     assert good["threshold"] == inverted["threshold"]
     assert good["metrics"]["roc_auc"]["value"] > 0.9 > 0.1 > inverted["metrics"]["roc_auc"]["value"]
-    other = evaluate.report(validation=_scored(yv, np.clip(pv ** 3, 0.001, 0.999), "v"), test=_scored(yt, pt),
+    other = scoring.report(validation=_scored(yv, np.clip(pv ** 3, 0.001, 0.999), "v"), test=_scored(yt, pt),
                             out=tmp_path / "c", **common)
     assert other["temperature"]["value"] != pytest.approx(good["temperature"]["value"], rel=0.05)
 
@@ -186,23 +190,23 @@ def test_a_collapsed_model_is_never_blessed(tmp_path):
     yv, yt = (rng.random(200) < 0.4).astype(int), (rng.random(150) < 0.4).astype(int)
     common = dict(model_name="ultrasound-vgg16-unfrozen", modality="ultrasound", examples=tmp_path / "test",
                   threshold_from=tmp_path / "validation", bootstrap=50, min_f1=0.0)
-    evaluate.report(validation=_scored(yv, np.full(200, 0.5), "v"), test=_scored(yt, np.full(150, 0.5)),
+    scoring.report(validation=_scored(yv, np.full(200, 0.5), "v"), test=_scored(yt, np.full(150, 0.5)),
                     out=tmp_path / "constant", **common)
     blessing = json.loads((tmp_path / "constant" / "blessing.json").read_text())
     assert not blessing["blessed"] and blessing["collapsed"] and "barely vary" in blessing["reason"]
     # confidently random: every answer near 0 or 1 whatever the label, so T runs to its bound
     noise = np.where(rng.random(200) < 0.5, 0.001, 0.999)
-    result = evaluate.report(validation=_scored(yv, noise, "v"), test=_scored(yt, np.where(rng.random(150) < 0.5, 0.001, 0.999)),
+    result = scoring.report(validation=_scored(yv, noise, "v"), test=_scored(yt, np.where(rng.random(150) < 0.5, 0.001, 0.999)),
                              out=tmp_path / "bound", **common)
     assert stats.temperature_at_upper_bound(result["temperature"]["value"])
     blessing = json.loads((tmp_path / "bound" / "blessing.json").read_text())
     assert not blessing["blessed"] and "fitting bound" in blessing["reason"]
     # a model that discriminates is blessed under the same rule; with the check off, so is the constant one
     good = np.clip(0.2 + 0.6 * yv + rng.normal(0, 0.15, 200), 0.01, 0.99)
-    evaluate.report(validation=_scored(yv, good, "v"), test=_scored(yt, np.clip(0.2 + 0.6 * yt, 0.01, 0.99)),
+    scoring.report(validation=_scored(yv, good, "v"), test=_scored(yt, np.clip(0.2 + 0.6 * yt, 0.01, 0.99)),
                     out=tmp_path / "good", **common)
     assert json.loads((tmp_path / "good" / "blessing.json").read_text())["blessed"]
-    evaluate.report(validation=_scored(yv, np.full(200, 0.5), "v"), test=_scored(yt, np.full(150, 0.5)),
+    scoring.report(validation=_scored(yv, np.full(200, 0.5), "v"), test=_scored(yt, np.full(150, 0.5)),
                     out=tmp_path / "off", collapse_sd=0.0, **common)
     assert json.loads((tmp_path / "off" / "blessing.json").read_text())["blessed"]
 
@@ -215,8 +219,8 @@ def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
     weights. VGG16 from scratch is the BatchNormalization variant.
 
     The two run one after the other. Side by side, beside the other worker, they parted in one
-    suite run of four (2026-12-02): on a busy machine a training still parts now and then at a
-    rounding (issue 19, open; README, "Deterministic on CPU"). This test checks what it names,
+    suite run of four: on a busy machine a training still parts now and then at a rounding (a
+    known limitation: docs/determinism.md). This test checks what it names,
     the thread settings, and stays as strict as it was: any difference fails it."""
     def start(name, seed, machine_threads):
         # batch 4: over train.EAGER_BELOW_STEPS steps, so the traced graph the study runs is what repeats
@@ -246,7 +250,7 @@ def test_training_twice_gives_the_same_weights(sample_splits, tmp_path):
     assert record["denormals_flushed_on_every_thread"] is True
     assert any(l.name == "block1_conv1_bn" for l in a.layers)
     assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
-    seeded = [models.build("vgg16", 32, "none", seed).get_weights() for seed in (3, 4)]
+    seeded = [backbones.build("vgg16", 32, "none", seed).get_weights() for seed in (3, 4)]
     keras.backend.clear_session()
     assert not all(np.array_equal(x, y) for x, y in zip(*seeded))
 
@@ -255,9 +259,9 @@ def test_a_functions_inline_ops_flush_denormals_like_the_pool_threads():
     """Why two studies side by side parted: a tf.function's cheap ops run on the calling thread,
     which kept denormals, while TensorFlow's pool threads flush them to zero, and which thread
     runs an op follows the executor's timing. Training and evaluation set the calling thread's
-    FTZ and DAZ too (components.repeatable), so the thread no longer matters."""
+    FTZ and DAZ too (components.model.repeatable), so the thread no longer matters."""
     code = """
-from components import repeatable
+from components.model import repeatable
 repeatable.before_tensorflow()                                    # Eigen's kernels, as training runs
 import numpy as np, tensorflow as tf
 repeatable.pin_threads(tf, 1)                                     # one thread per op, as training runs

@@ -4,7 +4,9 @@ import shutil
 
 import pytest
 
-from components import cli, records, schema, validate
+from components.core import cli
+from components.data import records, schema
+from components import validate
 
 
 def test_sample_splits_validate_with_reports(sample_splits, tmp_path):

@@ -1,0 +1,97 @@
+"""``python -m dicom_node --gateway URL --store-to dicomweb URL | dimse HOST:PORT:AET``:
+the DICOM node, configured by its options, until SIGTERM or Ctrl-C (then it stops receiving,
+reports on every study it holds and exits)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from components.core import cli
+from dicom_node import pacs
+from dicom_node.node import Node, NodeConfig
+from dicom_node.report import Retry
+
+MODALITIES = ("mammography", "ultrasound")
+STRATEGIES = ("unfrozen", "progressive")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m dicom_node", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gateway", required=True, help="the gateway's base URL, e.g. http://127.0.0.1:8080")
+    ap.add_argument("--store-to", nargs=2, required=True, metavar=("KIND", "TARGET"),
+                    help="where reports go: 'dicomweb URL' (STOW-RS) or 'dimse HOST:PORT:AET' (C-STORE)")
+    ap.add_argument("--ae-title", default="BCIMAGING_AI", help="the node's AE title: associations must call it, "
+                                                               "and it calls the PACS with it")
+    ap.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 in a container)")
+    ap.add_argument("--dicom-port", type=int, default=11112, help="C-STORE port")
+    ap.add_argument("--http-port", type=int, default=8090, help="STOW-RS (POST /studies) and /healthz port")
+    ap.add_argument("--strategy", action="append", default=[], metavar="[MODALITY=]STRATEGY",
+                    help="the cohort asked: 'progressive' for every modality, or 'ultrasound=unfrozen' for one "
+                         "(repeatable; default progressive)")
+    ap.add_argument("--quiet-seconds", type=float, default=5.0,
+                    help="a study is complete once no instance of it arrived for this long")
+    ap.add_argument("--max-associations", type=int, default=4, help="DICOM associations at once")
+    ap.add_argument("--http-connections", type=int, default=8,
+                    help="HTTP connections at once; each may hold one STOW-RS body (at most the budget) in memory")
+    ap.add_argument("--max-pdu", type=int, default=65536, help="largest PDU received, in bytes")
+    ap.add_argument("--memory-budget-mb", type=float, default=512.0,
+                    help="instances held in memory at most; beyond it a C-STORE answers 0xA700 (Out of Resources)")
+    ap.add_argument("--retries", type=int, default=3, help="retries of a failed gateway request or PACS store")
+    ap.add_argument("--retry-delay", type=float, default=2.0, help="seconds before the first retry, doubling")
+    ap.add_argument("--workers", type=int, default=2, help="studies reported on at once")
+    ap.add_argument("--gateway-timeout", type=float, default=60.0, help="seconds one gateway request may take")
+    return ap
+
+
+def strategies(values: list[str]) -> dict[str, str]:
+    """``--strategy`` values as modality -> strategy (later values win)."""
+    chosen = dict.fromkeys(MODALITIES, "progressive")
+    for value in values:
+        modality, _, strategy = value.rpartition("=")
+        if strategy not in STRATEGIES or (modality and modality not in MODALITIES):
+            raise ValueError(f"--strategy {value!r}: give one of {', '.join(STRATEGIES)}, optionally after "
+                             f"{'= or '.join(MODALITIES)}=")
+        chosen.update({modality: strategy} if modality else dict.fromkeys(MODALITIES, strategy))
+    return chosen
+
+
+def config(args: argparse.Namespace) -> NodeConfig:
+    if not 1 <= len(args.ae_title.strip()) <= 16:
+        raise ValueError("--ae-title must be 1 to 16 characters")
+    return NodeConfig(
+        ae_title=args.ae_title, gateway=args.gateway, store=pacs.store_to(*args.store_to, calling_aet=args.ae_title),
+        strategies=strategies(args.strategy), host=args.host, dicom_port=args.dicom_port, http_port=args.http_port,
+        quiet_s=args.quiet_seconds, max_associations=args.max_associations,
+        http_connections=args.http_connections, max_pdu=args.max_pdu,
+        budget_bytes=int(args.memory_budget_mb * (1 << 20)), retry=Retry(args.retries + 1, args.retry_delay),
+        workers=args.workers, gateway_timeout_s=args.gateway_timeout)
+
+
+def _run(args, _):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # their INFO/DEBUG lines print headers and URLs that hold UIDs
+    for chatty in ("pynetdicom", "dicomweb_client"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    node = Node(config(args)).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"DICOM node {args.ae_title} on {args.host}:{node.dicom_port} (C-STORE) and "
+          f"http://{args.host}:{node.http_port}/studies (STOW-RS)", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    node.stop()
+    print("DICOM node stopped", flush=True)
+
+
+def main(argv=None) -> int:
+    return cli.main(build_parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""The node assembled: both doors, the inbox, and the workers that report on quiet studies."""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dicom_node import dimse, stow
+from dicom_node.inbox import Batch, Inbox
+from dicom_node.report import Reporter, Retry, Store
+
+log = logging.getLogger("dicom_node")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ae_title: str                              # the called AE title a C-STORE must name
+    gateway: str                               # the gateway's base URL
+    store: Store                               # where the reports go (dicom_node.pacs)
+    strategies: dict[str, str] = field(default_factory=lambda: {"mammography": "progressive",
+                                                                "ultrasound": "progressive"})
+    host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    http_port: int = 8090
+    quiet_s: float = 5.0                       # a study is complete once quiet this long
+    max_associations: int = 4                  # DICOM associations at once
+    http_connections: int = 8                  # HTTP connections at once (each may hold one body)
+    max_pdu: int = 65536                       # bytes a P-DATA PDU may carry
+    budget_bytes: int = 512 << 20              # instances held (waiting or being reported on)
+    retry: Retry = Retry()
+    workers: int = 2                           # studies reported on at once
+    gateway_timeout_s: float = 60.0
+
+
+class Node:
+    """``start()`` opens both doors; ``stop()`` closes them, reports on what is held, and waits.
+    ``report`` (a batch -> anything) replaces asking the gateway, for tests of the node alone."""
+
+    def __init__(self, config: NodeConfig, report: Callable[[Batch], object] | None = None):
+        self.config = config
+        self.inbox = Inbox(config.budget_bytes, config.quiet_s)
+        self.report = report or Reporter(config.gateway, config.strategies, config.store, config.retry,
+                                         config.gateway_timeout_s)
+        self._workers = ThreadPoolExecutor(config.workers, thread_name_prefix="dicom-node-report")
+        self._stopping = threading.Event()
+        self._scp = self._http = None
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="dicom-node-quiet")
+
+    def start(self) -> Node:
+        from waitress import create_server
+
+        c = self.config
+        self._scp = dimse.start(dimse.storage_ae(c.ae_title, c.max_associations, c.max_pdu), c.host, c.dicom_port,
+                                self.inbox)
+        # a STOW-RS body is held in memory whole (never spooled to a temporary file), up to the budget
+        self._http = create_server(stow.make_app(self.inbox), host=c.host, port=c.http_port, threads=2,
+                                   connection_limit=c.http_connections, max_request_body_size=c.budget_bytes,
+                                   inbuf_overflow=c.budget_bytes, channel_timeout=30, asyncore_use_poll=True,
+                                   ident="dicom-node")
+        threading.Thread(target=self._http.run, daemon=True, name="dicom-node-http").start()
+        self._watcher.start()
+        log.info("DICOM node %s: C-STORE on %s:%d, STOW-RS on http://%s:%d/studies, reports via %s to %s",
+                 c.ae_title, c.host, self.dicom_port, c.host, self.http_port, c.gateway, c.store)
+        return self
+
+    @property
+    def dicom_port(self) -> int:
+        return self._scp.server_address[1]
+
+    @property
+    def http_port(self) -> int:
+        return int(self._http.effective_port)          # waitress may give it as text
+
+    def _watch(self) -> None:
+        """Hand each study on once it has been quiet; wakes a few times per quiet period."""
+        tick = min(max(self.config.quiet_s / 4, 0.05), 1.0)
+        while not self._stopping.wait(tick):
+            self._hand_on(self.inbox.take_quiet())
+
+    def _hand_on(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            log.info("study %s complete (quiet %.1f s): batch %d of %d instance(s)", batch.study_tag,
+                     self.config.quiet_s, batch.number, len(batch.instances))
+            self._workers.submit(self._report, batch)
+
+    def _report(self, batch: Batch) -> None:
+        try:
+            self.report(batch)
+        except Exception:
+            log.exception("batch %d (study %s) failed", batch.number, batch.study_tag)
+        finally:
+            self.inbox.release(batch)
+
+    def stop(self) -> None:
+        """Close both doors, report on every study held (quiet or not), wait for the reports."""
+        self._stopping.set()
+        if self._scp:
+            self._scp.shutdown()
+        if self._http:
+            self._http.close()
+        if self._watcher.is_alive():
+            self._watcher.join()
+        self._hand_on(self.inbox.take_quiet(everything=True))
+        self._workers.shutdown(wait=True)
+        log.info("DICOM node %s stopped", self.config.ae_title)

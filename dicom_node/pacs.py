@@ -1,0 +1,86 @@
+"""Where the node files its reports: the PACS, by DICOMweb STOW-RS or by DICOM C-STORE.
+
+``--store-to dicomweb URL`` posts every SR of a study in one STOW-RS request (dicomweb-client);
+``--store-to dimse HOST:PORT:AET`` sends them over one association, the node's AE title as the
+calling one (the PACS knows the node by it). Either way an instance the PACS did not take is a
+Transient error for the caller to retry; SRs it already took are taken again harmlessly (same
+SOP Instance UIDs).
+"""
+from __future__ import annotations
+
+import pydicom
+import requests
+from dicomweb_client import DICOMwebClient
+from pynetdicom import AE
+
+from dicom_node.report import Store, Transient
+
+# C-STORE statuses that mean "stored": success, and the warnings (coercion, elements discarded)
+STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+class DicomWebStore:
+    def __init__(self, url: str, timeout_s: float = 60.0):
+        self.url, self.timeout_s = url.rstrip("/"), timeout_s
+
+    def put(self, datasets: list[pydicom.Dataset]) -> None:
+        client = DICOMwebClient(self.url, timeout=self.timeout_s)
+        try:
+            response = client.store_instances(datasets)
+        except requests.HTTPError as e:
+            raise Transient(f"STOW-RS to the PACS answered {e.response.status_code if e.response is not None else '?'}")
+        except requests.RequestException as e:
+            raise Transient(f"the PACS did not answer STOW-RS ({type(e).__name__})") from None
+        failed = response.get("FailedSOPSequence") or []
+        if failed:
+            reasons = sorted({f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed})
+            raise Transient(f"the PACS refused {len(failed)} of {len(datasets)} report(s): {', '.join(reasons)}")
+
+    def __str__(self) -> str:
+        return f"DICOMweb {self.url}"
+
+
+class DimseStore:
+    def __init__(self, host: str, port: int, called_aet: str, calling_aet: str, timeout_s: float = 60.0):
+        self.host, self.port, self.called_aet, self.calling_aet = host, port, called_aet, calling_aet
+        self.timeout_s = timeout_s
+
+    def put(self, datasets: list[pydicom.Dataset]) -> None:
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        syntaxes = sorted({str(ds.file_meta.TransferSyntaxUID) for ds in datasets}
+                          | {pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian})
+        for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+            ae.add_requested_context(sop_class, syntaxes)
+        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet)
+        if not assoc.is_established:
+            raise Transient(f"the PACS {self.called_aet}@{self.host}:{self.port} did not accept an association")
+        try:
+            for ds in datasets:
+                status = assoc.send_c_store(ds)
+                code = int(status.Status) if status and "Status" in status else None
+                if code is None:
+                    raise Transient("the association ended before the PACS answered a C-STORE")
+                if code not in STORED:
+                    raise Transient(f"the PACS answered C-STORE with status 0x{code:04X}")
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def __str__(self) -> str:
+        return f"DIMSE {self.called_aet}@{self.host}:{self.port}"
+
+
+def store_to(kind: str, target: str, calling_aet: str) -> Store:
+    """``--store-to dicomweb URL`` or ``--store-to dimse HOST:PORT:AET``."""
+    if kind == "dicomweb":
+        if not target.startswith(("http://", "https://")):
+            raise ValueError(f"--store-to dicomweb needs an http(s) URL, not {target!r}")
+        return DicomWebStore(target)
+    if kind == "dimse":
+        try:
+            host, port, aet = target.rsplit(":", 2)
+            return DimseStore(host, int(port), aet, calling_aet)
+        except ValueError:
+            raise ValueError(f"--store-to dimse needs HOST:PORT:AET, not {target!r}") from None
+    raise ValueError(f"--store-to {kind!r}: choose dicomweb URL or dimse HOST:PORT:AET")

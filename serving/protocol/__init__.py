@@ -1,0 +1,1 @@
+"""The model server's protocols: thin adapters around one store (``serving.store``)."""
