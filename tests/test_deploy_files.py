@@ -5,9 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from serving import repository
+from serving import configs
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -22,7 +23,8 @@ def _tool(name):
 
 def test_dockerfiles_pass_hadolint():
     dockerfiles = sorted((ROOT / "docker").glob("*.Dockerfile"))
-    assert {d.name for d in dockerfiles} >= {"components.Dockerfile", "serving.Dockerfile", "gateway.Dockerfile"}
+    assert {d.name for d in dockerfiles} >= {"components.Dockerfile", "serving.Dockerfile", "gateway.Dockerfile",
+                                            "dicom-node.Dockerfile"}
     for dockerfile in dockerfiles:
         proc = subprocess.run([_tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{dockerfile.name}:\n{proc.stdout}{proc.stderr}"
@@ -44,8 +46,8 @@ def test_model_server_reads_the_repository_this_product_writes():
     deployment = yaml.safe_load((ROOT / "k8s" / "tf-serving-deployment.yaml").read_text())
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     dockerfile = (ROOT / "docker" / "serving.Dockerfile").read_text()
-    for flag in (f"--model_config_file=/models/{repository.MODELS_CONFIG}",
-                 f"--batching_parameters_file=/models/{repository.BATCHING_CONFIG}", "--enable_batching=true"):
+    for flag in (f"--model_config_file=/models/{configs.MODELS_CONFIG}",
+                 f"--batching_parameters_file=/models/{configs.BATCHING_CONFIG}", "--enable_batching=true"):
         assert flag in container["args"] and flag in dockerfile
     assert container["readinessProbe"] and container["resources"]["requests"]
     gateway = yaml.safe_load((ROOT / "k8s" / "gateway-deployment.yaml").read_text())["spec"]["template"]["spec"]
@@ -70,12 +72,17 @@ def test_pods_run_hardened_and_only_the_gateway_reaches_the_model_server():
     assert "USER 65532" in (ROOT / "docker" / "serving.Dockerfile").read_text()
 
 
-def test_the_gateway_image_installs_the_gateway_slice_of_the_lock():
-    """requirements-gateway.txt pins exactly what requirements.txt pins, and no TensorFlow."""
+@pytest.mark.parametrize("image", ["gateway", "dicom-node"])
+def test_the_thin_images_install_their_slice_of_the_lock(image):
+    """requirements-<image>.txt pins exactly what requirements.txt pins, and no TensorFlow; the DICOM
+    node's slice is also without Flask and the model server's client (it imports neither)."""
     lock = {line.split("==")[0].lower(): line for line in (ROOT / "requirements.txt").read_text().splitlines()
             if "==" in line}
-    gateway = [line for line in (ROOT / "requirements-gateway.txt").read_text().splitlines()
-               if line and not line.startswith("#")]
-    assert all(lock.get(line.split("==")[0].lower()) == line for line in gateway), "re-pin requirements-gateway.txt"
-    assert not {line.split("==")[0].lower() for line in gateway} & {"tensorflow", "keras", "scipy", "scikit-learn"}
-    assert "requirements-gateway.txt" in (ROOT / "docker" / "gateway.Dockerfile").read_text()
+    pins = [line for line in (ROOT / f"requirements-{image}.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert all(lock.get(line.split("==")[0].lower()) == line for line in pins), f"re-pin requirements-{image}.txt"
+    names = {line.split("==")[0].lower() for line in pins}
+    assert not names & {"tensorflow", "keras", "scipy", "scikit-learn"}
+    if image == "dicom-node":
+        assert not names & {"flask", "grpcio", "protobuf", "waitress"}
+    assert f"requirements-{image}.txt" in (ROOT / "docker" / f"{image}.Dockerfile").read_text()
