@@ -16,7 +16,7 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN python -m pip install --no-cache-dir -r requirements.txt
 
-COPY setup.py ./
+COPY pyproject.toml setup.py ./
 COPY components/ components/
 COPY pipelines/ pipelines/
 COPY serving/ serving/

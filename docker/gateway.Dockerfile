@@ -16,7 +16,7 @@ WORKDIR /app
 COPY requirements-gateway.txt ./
 RUN python -m pip install --no-cache-dir -r requirements-gateway.txt
 
-COPY setup.py ./
+COPY pyproject.toml setup.py ./
 COPY components/ components/
 COPY serving/ serving/
 COPY gateway/ gateway/
