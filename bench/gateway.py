@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import page
 from serving.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,6 +279,13 @@ def main(argv: list[str]) -> int:
         on, off = results[True][2][clients], results[False][2][clients]
         print(f"  {clients:>2} clients: batching on {on:6.1f} img/s ({on / batch16:.2f}x), "
               f"off {off:6.1f} img/s ({off / batch16:.2f}x)" + ("   (target at 16: >= 0.8x)" if clients == 16 else ""))
+    page.record("bench.gateway", {
+        "requests": n, "image_px": size,
+        **{f"overhead_p50_ms_{b}": round(paired[b][0], 2) for b in catalog.BACKBONES},
+        **{f"direct_p50_ms_{b}": round(grpc_direct[b][0], 1) for b in catalog.BACKBONES},
+        **{f"gateway_cpu_ms_{b}": round(paired[b][1], 2) for b in catalog.BACKBONES},
+        "compare_p50_ms": round(compare[0], 1), "idle_rss_mb": round(lean),
+        **{f"throughput_img_s_{c}_clients": round(results[True][2][c], 1) for c in (1, 4, 16)}})
     return 0
 
 
