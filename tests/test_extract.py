@@ -120,7 +120,7 @@ def _ddsm_record(label_normal, pixels=None) -> bytes:
 
 
 def test_ddsm_empty_label_and_truncated_file_are_quarantined_not_a_crash(tmp_path):
-    """Found in review: a record with an empty label_normal raised IndexError and a truncated
+    """Regression: a record with an empty label_normal raised IndexError and a truncated
     TFRecord file DataLossError, each crashing the whole extract. Now the record, or the
     corrupt tail of the file, is quarantined; the other files and the records before the
     corruption are kept."""
@@ -146,7 +146,7 @@ def test_ddsm_empty_label_and_truncated_file_are_quarantined_not_a_crash(tmp_pat
 
 
 def test_a_16_bit_image_decodes_without_float64_copies():
-    """Found in review: a 78 KB 16-bit 6324x6324 PNG took the gateway from 697 to 1,973 MB
+    """Regression: a 78 KB 16-bit 6324x6324 PNG took the gateway from 697 to 1,973 MB
     (float64 copies of every pixel). The conversion now allocates the uint16 pixels and the
     uint8 result, about 3 bytes a pixel instead of over 24, and gives the same pixels."""
     import tracemalloc

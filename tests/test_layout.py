@@ -66,8 +66,8 @@ def test_components_holds_the_steps_and_the_rooms_and_no_room_file_is_long():
     assert not long, long
 
 
-PROCESS_WORDS = re.compile(r"\b(issues?(?! found)|done-when|lands with)\b|\b(this|last|next|working|earlier|a later) "
-                           r"(session|round|review)s?\b", re.I)
+PROCESS_WORDS = re.compile(r"\b(issues?(?! found)|done-when|lands with|found in review)\b|\b(this|last|next|working|"
+                           r"earlier|a later) (session|round|review)s?\b", re.I)
 OUTSIDE_LINK = re.compile(r"\]\(\.\./")
 
 

@@ -151,7 +151,7 @@ def test_audit_passes_then_names_the_one_changed_byte(local_run):
 
 
 def test_audit_rehashes_the_pushed_versions_in_the_repository(local_run):
-    """Found in review: overwriting bytes in a pushed variables file, replacing saved_model.pb
+    """Regression: overwriting bytes in a pushed variables file, replacing saved_model.pb
     or deleting the version folder all passed the audit (it trusted the digest file)."""
     run_dir, repo = local_run["run_dir"], local_run["base"] / "repo"
     version = repo / "histopathology-resnet50-unfrozen" / "1"

@@ -137,7 +137,7 @@ def _export_with_card(pipeline_outputs, tmp_path, **changes):
     ({"label_names": ["only one"]}, "two strings"),
 ])
 def test_push_checks_the_card_before_writing_anything(pipeline_outputs, tmp_path, changes, message):
-    """Found in review: a card named ../../pwned wrote outside the repository, and a card
+    """Regression: a card named ../../pwned wrote outside the repository, and a card
     without strategy took every gateway page down. Now the push refuses both, writing nothing."""
     export_dir = _export_with_card(pipeline_outputs, tmp_path, **changes)
     root = tmp_path / "area" / "repo"
@@ -147,7 +147,7 @@ def test_push_checks_the_card_before_writing_anything(pipeline_outputs, tmp_path
 
 
 def test_published_versions_are_world_readable_and_stale_staging_is_cleaned(pipeline_outputs, tmp_path):
-    """Found in review: published folders were 0700 and files 0600 (a server under another uid
+    """Regression: published folders were 0700 and files 0600 (a server under another uid
     could not read them), and a push killed mid-copy left its staging folder for good."""
     root = tmp_path / "repo"
     stale = root / NAME / ".push-1-killed"
