@@ -27,6 +27,7 @@ import json
 import os
 from pathlib import Path
 
+from components.core import audit
 from components.core.atomic import write_bytes
 
 HISTORY = "history.jsonl"
@@ -45,17 +46,28 @@ def read(root: str | Path, model: str) -> list[dict]:
 
 
 def append(root: str | Path, model: str, action: str, *, to: int | None = None, from_: int | None = None,
-           label: str | None = None, reason: str = "", evidence: dict | None = None, user: str | None = None) -> dict:
+           label: str | None = None, reason: str = "", evidence: dict | None = None, user: str | None = None,
+           verified: bool = False) -> dict:
     """Add one decision to the model's history (atomically: the old lines and the new one are
-    written under a temporary name, fsync'ed and renamed)."""
+    written under a temporary name, fsync'ed and renamed), chained to the line before it as the
+    access audit is (``components.core.audit``: ``python -m gateway.audit verify`` checks it).
+
+    ``user`` and ``verified``: the identity a verified token gave, where the decision came through
+    an authenticated door; otherwise the operating-system user, which anyone can set, recorded as
+    ``verified: false``."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "user": user or _user(), "action": action, "model": model, "label": label, "from": from_, "to": to,
-             "reason": reason, "evidence": evidence or {}}
     p = path(root, model)
     old = p.read_bytes() if p.exists() else b""
-    write_bytes(p, old + (json.dumps(entry, sort_keys=True) + "\n").encode(), durable=True, mode=0o644)
+    last = old.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "user": user or _user(), "verified": bool(user and verified),
+             "action": action, "model": model, "label": label, "from": from_, "to": to,
+             "reason": reason, "evidence": evidence or {}, "prev": audit.line_hash(last) if old else audit.GENESIS}
+    line = json.dumps(entry, sort_keys=True) + "\n"
+    write_bytes(p, old + line.encode(), durable=True, mode=0o644)
+    write_bytes(audit.head_path(p), json.dumps({"lines": old.count(b"\n") + 1, "sha256": audit.line_hash(line.encode())
+                                                }).encode() + b"\n", durable=True, mode=0o644)
     return entry
 
 
