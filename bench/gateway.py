@@ -14,7 +14,10 @@
 - compare: a cohort's three backbones through the gateway, against the slowest backbone's
   single p50 (target <= 1.25x; the report's sequential compare costs the sum);
 - throughput with 1, 4 and 16 concurrent clients, server batching on and off, against the
-  model's own batch-16 throughput in-process (target at 16 clients >= 0.8x).
+  model's own batch-16 throughput in-process (target at 16 clients >= 0.8x);
+- identity: every gateway request carries a bearer token verified against a local OpenID
+  provider (tests/oidc.py) as deployed; the token check alone (TokenVerifier.verify with the
+  keys cached) is timed in-process over 2,000 tokens (target <= 0.3 ms p50).
 
 Untrained weights: latency does not depend on what the weights are.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
@@ -38,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import page
+from tests.oidc import Issuer
 from serving.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,9 +83,12 @@ def wait_http(url: str, seconds: float = 180) -> None:
     raise RuntimeError(f"{url} did not become ready")
 
 
+SIGNED_IN: dict[str, str] = {}          # the benchmark client's Authorization header
+
+
 def post(url: str, body: bytes) -> float:
     start = time.perf_counter()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **SIGNED_IN})
     with urllib.request.urlopen(req, timeout=120) as r:
         r.read()
         assert r.status == 200
@@ -117,7 +125,8 @@ def idle_memory(repo: Path) -> tuple[float, float]:
     """RSS (MB) of an idle gateway process, and of one that also imports TensorFlow (as before)."""
     figures = []
     for extra in ("", "import tensorflow; "):
-        code = f"{extra}import gateway.wsgi, time; print('up', flush=True); time.sleep(60)"
+        code = (f"{extra}import time; from pathlib import Path; from gateway.app import GatewayConfig, create_app; "
+                f"create_app(GatewayConfig(Path({str(repo)!r}), auth='none')); print('up', flush=True); time.sleep(60)")
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                 env={**os.environ, "MODEL_REPO": str(repo)})
         try:
@@ -151,15 +160,32 @@ def concurrently(call, clients: int, total: int) -> list[float]:
         return list(pool.map(timed, range(total)))
 
 
-def start_stack(repo: Path, batching: bool) -> tuple[list[subprocess.Popen], str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def token_check_ms(issuer, count: int = 2000) -> tuple[float, float]:
+    """p50 and p99 (ms) of verifying one bearer token with the issuer's keys cached."""
+    from components.core.identity import IdentityConfig, TokenVerifier
+
+    verifier = TokenVerifier(IdentityConfig(issuer.url, issuer.audience))
+    tokens = [issuer.token(f"user-{i % 50}", ("clinician",)) for i in range(count)]
+    verifier.verify(tokens[0])                      # fetches the discovery document and the keys once
+    times = []
+    for token in tokens:
+        t = time.perf_counter()
+        verifier.verify(token)
+        times.append(time.perf_counter() - t)
+    return percentiles(times)
+
+
+def start_stack(repo: Path, batching: bool, issuer) -> tuple[list[subprocess.Popen], str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BCIMAGING_PHI_KEY": "bench-phi-key-" + "0" * 24}
     grpc_port, http_port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "-m", "serving", "serve", "--model-repo", str(repo), "--port",
                                str(grpc_port)] + ([] if batching else ["--no-batching"]), cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--model-repo", str(repo), "--serving",
                                 f"127.0.0.1:{grpc_port}", "--port", str(http_port), "--threads", "24",
-                                "--deadline", "120"], cwd=ROOT, env=env,
+                                "--deadline", "120", "--oidc-issuer", issuer.url, "--oidc-audience", issuer.audience,
+                                "--audit-log", str(repo.parent / f"audit-{http_port}.jsonl"),
+                                "--rate-limit", "1000000/minute"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{http_port}"
     wait_http(url + "/readyz")
@@ -183,7 +209,7 @@ def main(argv: list[str]) -> int:
     Image.fromarray((np.random.default_rng(0).random((size, size)) * 255).astype(np.uint8)).save(buf, format="PNG")
     png = buf.getvalue()
     body = json.dumps({"image": {"b64": base64.b64encode(png).decode()}}).encode()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         repo, direct = Path(tmp) / "repo", {}
         for backbone in catalog.BACKBONES:
             out = Path(tmp) / backbone
@@ -208,8 +234,11 @@ def main(argv: list[str]) -> int:
         print(f"gateway benchmark, {size} px, {n} requests per figure, {os.cpu_count()} CPU cores")
         memory = idle_memory(repo)
         results, grpc_direct, paired, crowd = {}, {}, {}, {}
+        issuer = stack.enter_context(Issuer())
+        SIGNED_IN.update(issuer.headers(("clinician", "operator")))
+        check = token_check_ms(issuer)
         for batching in (True, False):
-            procs, url, target = start_stack(repo, batching)
+            procs, url, target = start_stack(repo, batching, issuer)
             client = ServingClient(target, deadline_s=120)
             try:
                 single = {}
@@ -262,6 +291,8 @@ def main(argv: list[str]) -> int:
     (c50, c99), (e50, e99) = crowd["gateway"], crowd["direct"]
     print(f"  16 concurrent clients, resnet50: gateway p50 {c50:.1f} / p99 {c99:.1f} ms, direct {e50:.1f} / "
           f"{e99:.1f} ms: overhead p50 {c50 - e50:+.1f} ms, p99 {c99 - e99:+.1f} ms")
+    print(f"  token check (RS256, keys cached): p50 {check[0]:.3f} ms, p99 {check[1]:.3f} ms (target p50 <= 0.3 ms); "
+          "every gateway figure above includes it")
     lean, with_tf = memory
     print(f"\nidle gateway process: {lean:.0f} MB resident; the same importing TensorFlow (as before) "
           f"{with_tf:.0f} MB, {with_tf - lean:.0f} MB more (target < 200 MB)")
@@ -285,6 +316,7 @@ def main(argv: list[str]) -> int:
         **{f"direct_p50_ms_{b}": round(grpc_direct[b][0], 1) for b in catalog.BACKBONES},
         **{f"gateway_cpu_ms_{b}": round(paired[b][1], 2) for b in catalog.BACKBONES},
         "compare_p50_ms": round(compare[0], 1), "idle_rss_mb": round(lean),
+        "token_check_p50_ms": round(check[0], 3), "token_check_p99_ms": round(check[1], 3),
         **{f"throughput_img_s_{c}_clients": round(results[True][2][c], 1) for c in (1, 4, 16)}})
     return 0
 

@@ -12,6 +12,7 @@ measures it, with everything else, as the gateway process' CPU time per request.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import base64
 import cProfile
 import io
@@ -79,7 +80,7 @@ def main(argv: list[str]) -> int:
     png = buf.getvalue()
     body = json.dumps({"image": {"b64": base64.b64encode(png).decode()}})
     name = catalog.model_name(MODALITY, args.backbone, STRATEGY)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         export_untrained(args.backbone, size, Path(tmp) / "export")
         repo = Path(tmp) / "repo"
         repository.push(Path(tmp) / "export", repo)
@@ -98,7 +99,15 @@ def main(argv: list[str]) -> int:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.5)
-            app = create_app(GatewayConfig(repo, f"127.0.0.1:{port}", deadline_s=120)).test_client()
+            from components.core.identity import IdentityConfig
+            from tests.oidc import Issuer
+
+            issuer = stack.enter_context(Issuer())
+            app = create_app(GatewayConfig(repo, f"127.0.0.1:{port}", deadline_s=120,
+                                           auth=IdentityConfig(issuer.url, issuer.audience),
+                                           audit_log=repo.parent / "audit.jsonl", phi_key=b"bench-phi-key-" + b"0" * 24,
+                                           rate_limit="1000000/minute")).test_client()
+            app.environ_base["HTTP_AUTHORIZATION"] = issuer.headers()["Authorization"]
             url = f"/api/v1/models/{name}:predict"
             for _ in range(10):
                 assert app.post(url, data=body, content_type="application/json").status_code == 200

@@ -78,7 +78,7 @@ class Stack:
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--model-repo", str(repo), "--serving", f"127.0.0.1:{self.grpc_port}",
              "--port", str(self.http_port), "--threads", str(threads), "--deadline", "30", "--drain-delay", "2",
-             "--canary-percent", str(canary_percent)],
+             "--canary-percent", str(canary_percent), "--auth", "none", "--rate-limit", "1000000/minute"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(self.url + "/readyz")
 

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from components.core import cli
+from components.core import cli, identity, phi
 from gateway.app import GatewayConfig, create_app
 
 log = logging.getLogger("gateway")
@@ -43,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds then allowed for requests in flight to finish")
     ap.add_argument("--canary-percent", type=float, default=float(os.environ.get("CANARY_PERCENT", 0.0)),
                     help="share of a model's predictions sent to its canary version, when it has one (default 0)")
+    ap.add_argument("--auth", choices=("oidc", "none"), default=os.environ.get("GATEWAY_AUTH", "oidc"),
+                    help="oidc: every request but the probes carries a bearer token from the identity provider; "
+                         "none: no identity at all, for local development on loopback only (env GATEWAY_AUTH)")
+    identity.add_arguments(ap, os.environ)
+    ap.add_argument("--audit-log", default=os.environ.get("AUDIT_LOG"),
+                    help="the access audit: hash-chained JSON lines, one event per request touching an image or a "
+                         "result (env AUDIT_LOG; required with --auth oidc)")
+    ap.add_argument("--phi-key-file", help=f"the PHI key that pseudonymizes studies and instances in the audit "
+                                           f"(else env {phi.KEY_FILE_ENV} or {phi.KEY_ENV})")
+    ap.add_argument("--rate-limit", default=os.environ.get("RATE_LIMIT", "120/minute"),
+                    help="predictions per subject, e.g. 120/minute (env RATE_LIMIT)")
+    ap.add_argument("--rate-limit-storage", default=os.environ.get("RATE_LIMIT_STORAGE", "memory://"),
+                    help="where the counts live: memory:// (one replica) or redis://HOST:PORT (several; env "
+                         "RATE_LIMIT_STORAGE)")
     return ap
 
 
@@ -58,11 +72,21 @@ def server(config: GatewayConfig, host: str, port: int, threads: int = 8, connec
                          ident="gateway")              # no server version in the Server header
 
 
+def config_from(args) -> GatewayConfig:
+    return GatewayConfig(Path(args.model_repo), args.serving, deadline_s=args.deadline,
+                         canary_percent=args.canary_percent,
+                         auth=identity.config_from(args) if args.auth == "oidc" else "none",
+                         audit_log=Path(args.audit_log) if args.audit_log else None,
+                         phi_key=phi.load_key(args.phi_key_file), rate_limit=args.rate_limit,
+                         rate_limit_storage=args.rate_limit_storage)
+
+
 def _run(args, _):
     if not Path(args.model_repo).is_dir():
         raise FileNotFoundError(f"{args.model_repo} is not a model repository folder")
-    config = GatewayConfig(Path(args.model_repo), args.serving, deadline_s=args.deadline,
-                           canary_percent=args.canary_percent)
+    if args.auth == "none" and not identity.loopback(args.host):
+        raise cli.UserError(f"--auth none serves without any identity check: it binds loopback only, not {args.host}")
+    config = config_from(args)
     app, http = server(config, args.host, args.port, args.threads, args.connection_limit)
     shared = app.extensions["gateway"]
 

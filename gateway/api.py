@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from gateway import errors, openapi, service
 from gateway.state import current
@@ -111,6 +111,38 @@ def readyz():
     if reason:
         return error(503, reason, {"Retry-After": str(errors.RETRY_AFTER_S)})
     return jsonify({"status": "ready", "models": len(p.deployed.cards())})
+
+
+@blueprint.get("/api/v1/audit")
+def audit_events():
+    """This replica's access audit for a time window (``since``, ``until``: ISO 8601 with a zone;
+    at most ``limit`` events, the newest last), for an auditor."""
+    import datetime
+
+    from components.core import audit
+
+    def when(name: str):
+        value = request.args.get(name)
+        if value is None:
+            return None
+        try:
+            parsed = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise BadRequest(f"{name} is not an ISO 8601 time") from None
+        if parsed.tzinfo is None:
+            raise BadRequest(f"{name} needs a time zone, e.g. 2026-12-07T09:00:00+00:00")
+        return parsed
+
+    since, until = when("since"), when("until")
+    limit = request.args.get("limit", "1000")
+    if not limit.isdigit() or not 1 <= int(limit) <= 10000:
+        raise BadRequest("limit is a whole number from 1 to 10000")
+    chained = current_app.extensions["access"].log
+    if chained is None:
+        return jsonify({"events": [], "note": "this gateway keeps no access audit"})
+    chained.sync()
+    events = list(audit.read(chained.path, since, until))[-int(limit):]
+    return jsonify({"events": events, "file": chained.path.name, "verified": audit.verify(chained.path).ok})
 
 
 @blueprint.get("/metrics")

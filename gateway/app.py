@@ -7,17 +7,22 @@ Blueprints: ``pages`` (HTML for people) and ``api`` (JSON for programs); their s
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 
 from flask import Flask, g, request
 
-from gateway import state
+from components.core import audit
+from components.core.identity import IdentityConfig, TokenVerifier
+from gateway import access, state
 from gateway.state import GatewayConfig  # noqa: F401 (the app's configuration, imported from here)
 from gateway.uploads import InMemoryRequest
 
 
 # Pages load only their own stylesheet and images (the Grad-CAM overlay is a data: URL) and run
 # no script; nobody may frame them (clickjacking), and browsers must not sniff content types.
+log = logging.getLogger("gateway")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                "script-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -38,6 +43,7 @@ def create_app(config: GatewayConfig) -> Flask:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(v2.blueprint)
     app.register_blueprint(pages.blueprint)
+    access.install(app, _access(config), config.rate_limit)
 
     @app.before_request
     def _start():
@@ -63,4 +69,21 @@ def create_app(config: GatewayConfig) -> Flask:
         return response
 
     return app
+
+
+def _access(config: GatewayConfig) -> access.Access:
+    """Identity, audit and limits from the configuration; refuses an open gateway by omission."""
+    if isinstance(config.auth, IdentityConfig):
+        if config.audit_log is None or not config.phi_key:
+            raise ValueError("a gateway that checks tokens keeps an access audit: give it an audit log and the PHI key")
+        verifier = TokenVerifier(config.auth)
+    elif config.auth == "none":
+        log.warning("AUTHENTICATION IS OFF (--auth none): every request is a local developer with every role. "
+                    "For local development on loopback only; never in front of patient data.")
+        verifier = None
+    else:
+        raise ValueError("GatewayConfig.auth: give the identity provider (IdentityConfig), or 'none' for local "
+                         "development")
+    chained = audit.ChainedLog(config.audit_log) if config.audit_log else None
+    return access.Access(verifier, chained, config.phi_key or os.urandom(32), access.limiter(config.rate_limit_storage))
 

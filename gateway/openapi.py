@@ -117,16 +117,72 @@ def _v2_model_operations(suffix: str, method: str, operation: dict) -> dict:
                 method: {**operation, "parameters": _path("name", "version", integer=("version",))}}}
 
 
+def _endpoint(path: str) -> str:
+    """The gateway endpoint (gateway.access.ROLES) that serves ``path``."""
+    fixed = {"/api/v1/models": "api.list_models", "/api/v1/openapi.json": "api.openapi_document",
+             "/api/v1/audit": "api.audit_events", "/healthz": "api.healthz", "/readyz": "api.readyz",
+             "/metrics": "api.metrics", "/v2": "v2.server_metadata", "/v2/health/live": "v2.live",
+             "/v2/health/ready": "v2.ready"}
+    if path in fixed:
+        return fixed[path]
+    for suffix, endpoint in ((":predict", "api.predict"), (":compare", "api.compare"), ("/ready", "v2.model_ready"),
+                             ("/explain", "v2.explain")):
+        if path.endswith(suffix):
+            return endpoint
+    if path.startswith("/v2/cohorts/"):
+        return "v2.compare"
+    return "v2.infer" if path.endswith("/infer") else "v2.model_metadata"
+
+
+def _secured(paths: dict) -> dict:
+    """Each operation with its security: the probes anonymous, every other one a bearer token with
+    one of its roles (``x-roles``), 401 and 403 described, 429 where a subject's rate applies."""
+    from gateway import access
+
+    refusal = {"type": "object", "required": ["error"], "properties": {"error": STRING, "status": {"type": "integer"}}}
+    for path, operations in paths.items():
+        endpoint = _endpoint(path)
+        roles = access.ROLES[endpoint]
+        for operation in operations.values():
+            if roles is None:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearer": []}]
+            operation["x-roles"] = list(roles)
+            operation["responses"]["401"] = _json(refusal, "no bearer token, or one that is expired, forged, "
+                                                           "for another audience or from another issuer")
+            operation["responses"]["403"] = _json(refusal, f"the token carries none of the roles {', '.join(roles)}")
+            if endpoint in access.LIMITED:
+                operation["responses"]["429"] = _json(refusal, "this subject's rate limit (Retry-After)")
+    return paths
+
+
 def document() -> dict:
     predict_errors = _errors(V1_ERROR, 400, 404, 413, 415, 422, 502, 503)
     infer = {"requestBody": INFER_REQUEST, "responses": {
         "200": _json(INFER_RESPONSE, "inference response"), **_errors(V2_ERROR, 400, 404, 413, 415, 422, 502, 503)}}
     return {
         "openapi": "3.0.3",
+        "components": {"securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "An access token from the hospital's OpenID Connect provider (RS256 or ES256), for this "
+                           "gateway's audience; its roles (clinician, operator, auditor) say what it may do."}}},
+        "security": [{"bearer": []}],
         "info": {"title": "Breast-cancer imaging gateway", "version": "1.0.0",
                  "description": "Predictions from the deployed models (TensorFlow Serving over gRPC): the "
                                 "gateway's own API (/api/v1) and KServe's Open Inference Protocol v2 (/v2)."},
-        "paths": {
+        "paths": _secured({
+            "/api/v1/audit": {"get": {
+                "summary": "This replica's access audit for a time window (hash-chained; verified on reading)",
+                "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string",
+                                                                                       "format": "date-time"}}
+                               for n in ("since", "until")] + [
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
+                "responses": {"200": _json({"type": "object", "required": ["events"], "properties": {
+                    "events": {"type": "array", "items": {"type": "object"}}, "file": STRING,
+                    "verified": {"type": "boolean"}, "note": STRING}}, "audit events"),
+                    **_errors(V1_ERROR, 400)}}},
             "/api/v1/models": {"get": {"summary": "Deployed models and their model cards",
                                        "responses": {"200": _json(MODELS, "models")}}},
             "/api/v1/models/{name}:predict": {"post": {
@@ -173,5 +229,5 @@ def document() -> dict:
                 "summary": "Extension bcimaging_compare: the cohort's models on one image, and their ensemble "
                            "(outputs ensemble_probability, ensemble_label, ensemble_threshold when it is available)",
                 "parameters": _path("modality", "strategy"), **infer}},
-        },
+        }),
     }

@@ -2,7 +2,7 @@
 and the cross-modality results. Errors are shown inline on the page the person was on."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template, request, send_file
+from flask import Blueprint, abort, g, render_template, request, send_file
 
 from components.core.artifacts import PICTURES
 from gateway import errors, service
@@ -60,8 +60,10 @@ def model(name):
             result, overlay = outcome
             card = p.deployed.card_of(name, result["version"]) or card      # the card of the version that answered
     pictures = [f for f in PICTURES if p.deployed.picture(name, f)]
+    operator = g.identity.has("operator")            # versions and decisions: an operator's business
     return _render("model.html", status, name=name, card=card, result=result, overlay=overlay, error=message,
-                   pictures=pictures, labels=p.deployed.labels(name), decisions=p.deployed.decisions(name))
+                   pictures=pictures, labels=p.deployed.labels(name) if operator else None,
+                   decisions=p.deployed.decisions(name) if operator else None)
 
 
 @blueprint.route("/cohorts/<modality>/<strategy>", methods=["GET", "POST"])

@@ -16,6 +16,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from gateway import dicom_sr
+from gateway.access import note_models
 from gateway.deployed import Deployed
 from gateway.errors import NotDeployed
 from gateway.uploads import Upload, UploadError
@@ -56,6 +57,7 @@ def route(state, name: str, images: list[bytes], signature: str = "serving_defau
         state.metrics.version_requests.labels(name, str(known), label or "latest", "error").inc()
         raise
     state.metrics.version_latency.labels(name, str(prediction.version)).observe(time.perf_counter() - started)
+    note_models((name, prediction.version))
     return prediction, label
 
 
@@ -89,6 +91,7 @@ def compare(state, names: list[str], upload: Upload) -> dict:
             results.append(_result(state.deployed, outcome, labels[name]))
             probabilities[name] = float(outcome.outputs["probability"][0])
             state.metrics.observe(name, outcome.version, labels[name], probabilities[name], upload.stats)
+    note_models(*[(r["model"], r.get("version")) for r in results])
     labels_ = [r["label"] for r in results if "label" in r]
     agree = max(labels_.count(0), labels_.count(1)) if labels_ else 0
     return {"models": results, "agreement": {"agreeing": agree, "of": len(labels_),

@@ -12,8 +12,10 @@ from pathlib import Path
 from flask import Flask, current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway.deployed import Deployed
+from components.core.identity import IdentityConfig
 from components.imaging import inputstats
+from gateway.access import note_upload
+from gateway.deployed import Deployed
 from gateway.uploads import Upload, prepare, read_image
 from serving.client import ServingClient
 
@@ -30,6 +32,13 @@ class GatewayConfig:
     canary_percent: float = 0.0            # share of a model's predictions sent to its canary (KServe's canaryTrafficPercent)
     canary_seed: int | None = None         # seeds the traffic split (tests); None: from the OS
     repository_refresh_s: float = 1.0      # cards and labels are re-read at most this often
+    # who may ask: the OpenID provider's tokens, or "none" (local development on loopback only);
+    # no default, so a gateway never starts open by omission
+    auth: IdentityConfig | str | None = None
+    audit_log: Path | None = None          # the access audit (hash-chained JSON lines); required with tokens
+    phi_key: bytes | None = None           # pseudonymizes studies and instances in the audit
+    rate_limit: str = "120/minute"         # predictions per subject (Flask-Limiter's notation)
+    rate_limit_storage: str = "memory://"  # redis://... where several replicas share the counts
 
 
 class Metrics:
@@ -47,6 +56,8 @@ class Metrics:
         self.version_latency = Histogram("gateway_version_seconds", "model server call latency per model version",
                                          ["model", "version"], registry=self.registry,
                                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.rate_limited = Counter("gateway_rate_limited_total", "requests refused by a subject's rate limit",
+                                    ["endpoint"], registry=self.registry)
         self.canary_fallbacks = Counter("gateway_canary_fallbacks_total", "canary requests answered by stable "
                                         "(the canary was not available)", ["model"], registry=self.registry)
         # drift: the served inputs' statistics and the predicted probability (components.imaging.inputstats)
@@ -103,12 +114,16 @@ class GatewayState:
         upload must be an image of that modality); at most ``max_decodes`` decode at once, so
         concurrent large uploads cannot multiply the decode memory."""
         with self.decodes:
-            return read_image(request, self.config.max_upload_bytes, self.config.max_pixels, model_size, modality)
+            upload = read_image(request, self.config.max_upload_bytes, self.config.max_pixels, model_size, modality)
+        note_upload(upload)
+        return upload
 
     def prepare_image(self, data: bytes, model_size: int | None = None, modality: str | None = None) -> Upload:
         """As read_upload, for image bytes that came another way (the v2 protocol's tensors)."""
         with self.decodes:
-            return prepare(data, self.config.max_upload_bytes, self.config.max_pixels, model_size, modality)
+            upload = prepare(data, self.config.max_upload_bytes, self.config.max_pixels, model_size, modality)
+        note_upload(upload)
+        return upload
 
     def begin(self) -> None:
         with self._idle:

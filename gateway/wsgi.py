@@ -1,13 +1,12 @@
 """The gateway as a WSGI application (`gateway.wsgi:app`) for any WSGI server, configured from the
-environment (a container's configuration); `python -m gateway` serves the same app on waitress."""
-import os
-from pathlib import Path
+environment (a container's configuration: MODEL_REPO, SERVING_ADDRESS, OIDC_ISSUER, OIDC_AUDIENCE,
+AUDIT_LOG, BCIMAGING_PHI_KEY_FILE, ...; `python -m gateway --help` lists them); `python -m gateway`
+serves the same app on waitress."""
+from gateway.__main__ import build_parser, config_from
+from gateway.app import create_app
 
-from gateway.app import GatewayConfig, create_app
-
-app = create_app(GatewayConfig(
-    model_repo=Path(os.environ.get("MODEL_REPO", "/models")),
-    serving=os.environ.get("SERVING_ADDRESS", "tf-serving:8500"),
-    max_upload_bytes=int(os.environ.get("MAX_UPLOAD_BYTES", 48 * 1024 * 1024)),
-    deadline_s=float(os.environ.get("PREDICT_DEADLINE_S", 5.0)),
-))
+_args = build_parser().parse_args([])
+if _args.auth == "none":
+    raise RuntimeError("GATEWAY_AUTH=none is for `python -m gateway` on loopback only: a WSGI server may listen "
+                       "anywhere")
+app = create_app(config_from(_args))

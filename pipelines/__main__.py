@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, default=0.2, help="PSI above which a feature has drifted (default 0.2)")
     d.add_argument("--min-count", type=int, default=30, help="served images a model version needs (default 30)")
     d.add_argument("--fail-on-drift", action="store_true", help="exit 1 when any feature drifted")
+    d.add_argument("--bearer-token-file", default=os.environ.get("GATEWAY_TOKEN_FILE"),
+                   help="a file holding a bearer token with the operator role, for the gateway's /metrics "
+                        "(env GATEWAY_TOKEN_FILE)")
 
     p = sub.add_parser("report", help="cross-modality comparison (the report's tables 5.1-5.10) as HTML and Markdown")
     p.add_argument("--work-dir", required=True)
@@ -141,7 +145,8 @@ def _run(args, _):
     elif args.command == "drift":
         from pipelines.monitoring import drift
 
-        summary = drift.run(args.model_repo, args.work_dir, args.gateway, args.threshold, args.min_count)
+        token = Path(args.bearer_token_file).read_text().strip() if args.bearer_token_file else None
+        summary = drift.run(args.model_repo, args.work_dir, args.gateway, args.threshold, args.min_count, token=token)
         for key, m in summary["models"].items():
             shown = ", ".join(f"{r['feature']} {r['psi']:.2f}" for r in m["features"])
             print(f"{key} ({m['served']} served): {'DRIFT in ' + ', '.join(m['drifted']) if m['drifted'] else 'no drift'}"

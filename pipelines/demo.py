@@ -48,8 +48,9 @@ def serve(out: Path, seconds: float) -> None:
     logs = {name: open(out / f"{name}.log", "w") for name in ("model-server", "gateway")}
     server = subprocess.Popen([sys.executable, "-m", "serving", "serve", "--model-repo", str(repo),
                                "--port", str(grpc_port)], stdout=logs["model-server"], stderr=subprocess.STDOUT)
+    # a demo on this machine: no identity provider, loopback only (the gateway says so loudly)
     gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--model-repo", str(repo),
-                                "--serving", f"127.0.0.1:{grpc_port}", "--port", str(http_port)],
+                                "--serving", f"127.0.0.1:{grpc_port}", "--port", str(http_port), "--auth", "none"],
                                stdout=logs["gateway"], stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     print(f"starting the model server and the gateway (logs: {out / 'model-server.log'}, {out / 'gateway.log'})",

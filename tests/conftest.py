@@ -14,6 +14,7 @@ from components.core import catalog
 from components import ensemble, export, extract, sample_data, split, stain, train
 
 ROOT = Path(__file__).resolve().parents[1]
+PHI_KEY = b"a-test-phi-key-of-32-random-bytes"
 SHARED = ROOT.parent / "shared" / "datasets"
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
@@ -27,7 +28,8 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # other, once the models are built (LATE modules are collected last).
 WORKER_GROUPS = {**{m: "trained-models" for m in ("test_api_fuzz", "test_gateway", "test_gateway_process",
                                                    "test_gateway_v2", "test_gateway_dicom", "test_dicom_node",
-                                                   "test_pages_browser", "test_train_evaluate_export", "test_wheel")},
+                                                   "test_pages_browser", "test_train_evaluate_export", "test_wheel",
+                                                   "test_identity")},
                  **{m: "pipeline-run" for m in ("test_pipelines", "test_operations", "test_serving")}}
 LATE = ("test_operations", "test_serving")
 # tests of a grouped module that use none of its shared fixtures: free to run on either worker
@@ -183,22 +185,47 @@ def export_variant(export_dir: Path, out: Path, note: str, damage=None) -> Path:
 ULTRASOUND_UNFROZEN = ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultrasound-densenet121-unfrozen")
 
 
+@pytest.fixture(scope="session")
+def issuer():
+    """The OpenID provider the gateways of this test run trust (tests/oidc.py), on loopback."""
+    from tests.oidc import Issuer
+
+    with Issuer() as running:
+        yield running
+
+
+def gateway_config(issuer, root: Path, serving: str, audit_log: Path | None = None, **options):
+    """A gateway's configuration as a hospital runs it: tokens from ``issuer``, an access audit
+    (beside the repository unless given), the PHI key."""
+    from components.core.identity import IdentityConfig
+    from gateway.app import GatewayConfig
+
+    return GatewayConfig(Path(root), serving, auth=IdentityConfig(issuer.url, issuer.audience),
+                         audit_log=audit_log or Path(root).parent / f"{Path(root).name}-audit.jsonl",
+                         phi_key=PHI_KEY, **options)
+
+
+def signed_in(client, issuer, roles=("clinician",), subject: str = "dr-example"):
+    """A Flask test client whose every request carries a token with ``roles``."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {issuer.token(subject, roles)}"
+    return client
+
+
 @contextlib.contextmanager
-def live_gateway(pipeline_outputs, root: Path, **server_options):
+def live_gateway(pipeline_outputs, root: Path, issuer, **server_options):
     """The ultrasound cohort pushed to ``root``, the model server over gRPC and the gateway on
-    waitress, both on loopback: yields (model server, gateway host:port)."""
+    waitress, both on loopback, trusting ``issuer``: yields (model server, gateway host:port)."""
     import threading
 
     from gateway.__main__ import server as gateway_server
-    from gateway.app import GatewayConfig
     from serving import repository
     from serving.server import Server
 
     for name in ULTRASOUND_UNFROZEN:
         repository.push(pipeline_outputs[name] / "saved_model", root)
     model_server = Server(root, port=0, **server_options)
-    _, http = gateway_server(GatewayConfig(root, f"127.0.0.1:{model_server.port}", deadline_s=20,
-                                                repository_refresh_s=0), "127.0.0.1", 0)
+    _, http = gateway_server(gateway_config(issuer, root, f"127.0.0.1:{model_server.port}", deadline_s=20,
+                                            repository_refresh_s=0), "127.0.0.1", 0)
     threading.Thread(target=http.run, daemon=True).start()
     try:
         yield model_server, f"127.0.0.1:{http.effective_port}"

@@ -15,24 +15,27 @@ import pytest
 from PIL import Image
 
 from components.data import records, schema
-from gateway.app import GatewayConfig, create_app
+from gateway.app import create_app
 from serving import layout, repository
 from serving.client import ServingClient
 from serving.server import Server
+from tests.conftest import gateway_config, signed_in
 
 
 NAME = "ultrasound-resnet50-unfrozen"
 
 
 @pytest.fixture(scope="module")
-def stack(pipeline_outputs, tmp_path_factory):
+def stack(pipeline_outputs, tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("gateway-repo")
     for out in pipeline_outputs.values():
         repository.push(out / "saved_model", root)
     server = Server(root, port=0, poll_seconds=1.0)
-    app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", max_upload_bytes=2 * 1024 * 1024,
-                                   deadline_s=3.0, repository_refresh_s=0))
-    yield {"root": root, "server": server, "app": app, "client": app.test_client()}
+    app = create_app(gateway_config(issuer, root, f"127.0.0.1:{server.port}", max_upload_bytes=2 * 1024 * 1024,
+                                    deadline_s=3.0, repository_refresh_s=0))
+    # a clinician who also operates the models: the pages, the API and the metrics
+    client = signed_in(app.test_client(), issuer, ("clinician", "operator"))
+    yield {"root": root, "server": server, "app": app, "client": client, "issuer": issuer}
     server.stop()
 
 
@@ -108,7 +111,7 @@ def test_compare_asks_the_three_backbones(stack, upload):
     assert ensemble["label"] == int(ensemble["probability"] >= ensemble["threshold"])
 
 
-def test_no_ensemble_answer_for_members_of_different_runs(pipeline_outputs, upload, tmp_path):
+def test_no_ensemble_answer_for_members_of_different_runs(pipeline_outputs, upload, tmp_path, issuer):
     """A cohort whose served versions were not validated together gets the three answers and
     the reason there is no combined one, never a combination nobody chose a threshold for."""
     root = tmp_path / "repo"
@@ -120,8 +123,8 @@ def test_no_ensemble_answer_for_members_of_different_runs(pipeline_outputs, uplo
     card_path.write_text(json.dumps(card))
     server = Server(root, port=0)
     try:
-        client = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", deadline_s=3.0,
-                                          repository_refresh_s=0)).test_client()
+        client = signed_in(create_app(gateway_config(issuer, root, f"127.0.0.1:{server.port}", deadline_s=3.0,
+                                                     repository_refresh_s=0)).test_client(), issuer)
         r = client.post("/api/v1/cohorts/ultrasound/unfrozen:compare", **_multipart(upload))
         assert r.status_code == 200 and len(r.json["models"]) == 3
         assert r.json["ensemble"] == {"available": False, "reason": "the served versions come from different pipeline "
@@ -238,7 +241,7 @@ def test_model_server_outage_gives_503_quickly_and_the_gateway_recovers(stack, u
     assert time.monotonic() - started < 3.0 + 1.0                       # within the deadline
     ready = c.get("/readyz")
     assert ready.status_code == 503
-    for answer in (r.get_data(as_text=True), ready.get_data(as_text=True)):   # found in review: addresses shown
+    for answer in (r.get_data(as_text=True), ready.get_data(as_text=True)):   # regression: addresses shown
         assert "127.0.0.1" not in answer and str(port) not in answer
     page = c.post(f"/models/{NAME}", **_multipart(upload))
     assert page.status_code == 503 and b"model server is unavailable" in page.data
@@ -269,7 +272,7 @@ def test_pages_render_from_the_deployed_models(stack, upload):
 
 
 def test_a_malformed_card_is_skipped_and_named_not_a_500_everywhere(stack, pipeline_outputs, tmp_path):
-    """Found in review: one card without `strategy` in the repository (written there by hand,
+    """Regression: one card without `strategy` in the repository (written there by hand,
     past the push's checks) made /, /api/v1/models, /results and every modality page answer 500."""
     bad_name = "mammography-vgg16-unfrozen"
     assert bad_name not in [m["name"] for m in stack["client"].get("/api/v1/models").json["models"]]
@@ -294,7 +297,7 @@ def test_a_malformed_card_is_skipped_and_named_not_a_500_everywhere(stack, pipel
 
 
 def test_security_headers_and_a_deeply_nested_json_body(stack):
-    """Found in review: no CSP, X-Content-Type-Options or X-Frame-Options headers, and 100,000
+    """Regression: no CSP, X-Content-Type-Options or X-Frame-Options headers, and 100,000
     nested "[" in a JSON body answered 500."""
     c = stack["client"]
     for path in ("/", "/results", "/api/v1/models"):

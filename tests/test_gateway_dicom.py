@@ -13,11 +13,12 @@ from PIL import Image
 from pydicom import uid
 
 from gateway import uploads
-from gateway.app import GatewayConfig, create_app
+from gateway.app import create_app
 from serving import repository
 from serving.server import Server
 from tests import dciodvfy
 from tests import dicom_fixtures as fx
+from tests.conftest import gateway_config, signed_in
 from tests.test_dicom import linear
 
 MAMMOGRAPHY = "mammography-resnet50-progressive"
@@ -25,13 +26,13 @@ ULTRASOUND = ("ultrasound-resnet50-unfrozen", "ultrasound-vgg16-unfrozen", "ultr
 
 
 @pytest.fixture(scope="module")
-def stack(pipeline_outputs, tmp_path_factory):
+def stack(pipeline_outputs, tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("dicom-repo")
     for name in (MAMMOGRAPHY, *ULTRASOUND):
         repository.push(pipeline_outputs[name] / "saved_model", root)
     server = Server(root, port=0, poll_seconds=3600)
-    app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", deadline_s=20.0))
-    yield app.test_client()
+    app = create_app(gateway_config(issuer, root, f"127.0.0.1:{server.port}", deadline_s=20.0))
+    yield signed_in(app.test_client(), issuer)
     server.stop()
 
 

@@ -19,10 +19,10 @@ from PIL import Image
 
 from components.data import records, schema
 from gateway.__main__ import server
-from gateway.app import GatewayConfig
 from gateway.uploads import read_image, transport_side
 from serving import layout, repository
 from serving.server import Server, free_port
+from tests.conftest import PHI_KEY, gateway_config, signed_in
 
 
 NAME = "ultrasound-resnet50-unfrozen"
@@ -36,9 +36,9 @@ def _get(url: str, timeout: float = 5.0):
         return e.code, dict(e.headers), e.read()
 
 
-def test_healthz_answers_while_64_slow_clients_trickle_uploads(tmp_path):
+def test_healthz_answers_while_64_slow_clients_trickle_uploads(tmp_path, issuer):
     """With gunicorn's 2 workers x 8 threads, 16 such clients froze /healthz for over 50 s."""
-    _, http = server(GatewayConfig(tmp_path, f"127.0.0.1:{free_port()}"), "127.0.0.1", 0, threads=4)
+    _, http = server(gateway_config(issuer, tmp_path, f"127.0.0.1:{free_port()}"), "127.0.0.1", 0, threads=4)
     threading.Thread(target=http.run, daemon=True).start()
     port = http.effective_port
     slow = []
@@ -90,15 +90,18 @@ def test_a_large_upload_reaches_the_model_server_no_larger_than_needed(tmp_path)
     assert transport_side(224) == 1024 and transport_side(512) == 2048
 
 
-def test_sigterm_turns_readyz_to_503_answers_until_drained_then_exits(pipeline_outputs, sample_splits, tmp_path):
+def test_sigterm_turns_readyz_to_503_answers_until_drained_then_exits(pipeline_outputs, sample_splits, tmp_path,
+                                                                     issuer):
     root = tmp_path / "repo"
     repository.push(pipeline_outputs[NAME] / "saved_model", root)
     model_server = Server(root, port=0, poll_seconds=1.0)
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BCIMAGING_PHI_KEY": PHI_KEY.decode()}
     gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--model-repo", str(root), "--serving",
                                 f"127.0.0.1:{model_server.port}", "--port", str(port), "--drain-delay", "2",
-                                "--drain-timeout", "10"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                "--drain-timeout", "10", "--oidc-issuer", issuer.url, "--oidc-audience", issuer.audience,
+                                "--audit-log", str(tmp_path / "audit.jsonl")],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     raw = sample_splits["ultrasound"].parent / "splits" / "test"
     png = schema.deserialize(next(records.read_records(raw))).image_png
@@ -106,7 +109,7 @@ def test_sigterm_turns_readyz_to_503_answers_until_drained_then_exits(pipeline_o
     def predict():
         body = json.dumps({"image": {"b64": base64.b64encode(png).decode()}}).encode()
         req = urllib.request.Request(f"{url}/api/v1/models/{NAME}:predict", data=body,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **issuer.headers()})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status
@@ -138,7 +141,8 @@ def test_sigterm_turns_readyz_to_503_answers_until_drained_then_exits(pipeline_o
         model_server.stop()
 
 
-def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipeline_outputs, sample_splits, tmp_path):
+def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipeline_outputs, sample_splits, tmp_path,
+                                                                            issuer):
     """A newer export that does not load must not lend its card to the version still serving: it
     is refused at the push, and the gateway shows and answers with version 1."""
     import shutil
@@ -163,8 +167,8 @@ def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipel
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (1, "AVAILABLE") not in client.status(NAME):
             time.sleep(0.2)
-        app = create_app(GatewayConfig(root, f"127.0.0.1:{model_server.port}",
-                                                repository_refresh_s=0)).test_client()
+        app = signed_in(create_app(gateway_config(issuer, root, f"127.0.0.1:{model_server.port}",
+                                                  repository_refresh_s=0)).test_client(), issuer)
         assert app.get("/readyz").status_code == 200
         (listed,) = app.get("/api/v1/models").json["models"]
         assert listed["version"] == 1 and listed["threshold"] == card["threshold"]
@@ -178,7 +182,7 @@ def test_the_gateway_shows_the_card_of_the_version_the_server_answers_with(pipel
         model_server.stop()
 
 
-def test_concurrent_uploads_decode_at_most_max_decodes_at_once(tmp_path):
+def test_concurrent_uploads_decode_at_most_max_decodes_at_once(tmp_path, issuer):
     """Eight large uploads at once: only ``max_decodes`` of them hold decoded pixels at a time."""
     from components.imaging import images
     from gateway.app import create_app
@@ -186,7 +190,7 @@ def test_concurrent_uploads_decode_at_most_max_decodes_at_once(tmp_path):
     big = io.BytesIO()
     Image.fromarray(np.zeros((2000, 2000, 3), np.uint8)).save(big, "PNG")
     body = {"image": {"b64": base64.b64encode(big.getvalue()).decode()}}
-    app = create_app(GatewayConfig(tmp_path, f"127.0.0.1:{free_port()}", max_decodes=2))
+    app = create_app(gateway_config(issuer, tmp_path, f"127.0.0.1:{free_port()}", max_decodes=2))
     state = app.extensions["gateway"]
     active, peak, lock = [0], [0], threading.Lock()
     decode = images.decode

@@ -16,13 +16,15 @@ from tests.conftest import live_gateway
 
 
 NAME = "ultrasound-resnet50-unfrozen"
+SIGNED_IN: dict[str, str] = {}              # a clinician's Authorization header, set by the live fixture
 
 
 @pytest.fixture(scope="module")
-def live(pipeline_outputs, tmp_path_factory):
+def live(pipeline_outputs, tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("v2-repo")
-    with live_gateway(pipeline_outputs, root, rest_port=0, poll_seconds=3600) as (model_server, address):
-        yield {"root": root, "server": model_server, "url": address}
+    with live_gateway(pipeline_outputs, root, issuer, rest_port=0, poll_seconds=3600) as (model_server, address):
+        SIGNED_IN.update(issuer.headers())
+        yield {"root": root, "server": model_server, "url": address, "issuer": issuer}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,8 @@ def png(sample_splits):
 
 def _http(url: str, body: dict | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    req = urllib.request.Request(url, data=data, headers={**SIGNED_IN, **({"Content-Type": "application/json"}
+                                                                          if data else {})})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -50,13 +53,15 @@ def test_the_same_png_gives_the_same_probability_on_all_four_paths(live, png):
     assert status == 200
     # 2. OIP v2 through the official Triton client (BYTES input as binary tensor data)
     triton = httpclient.InferenceServerClient(live["url"])
-    assert triton.is_server_live() and triton.is_server_ready() and triton.is_model_ready(NAME)
-    metadata = triton.get_model_metadata(NAME)
+    # the Triton client adds its own headers to the dict it is given: each call gets a copy
+    assert triton.is_server_live() and triton.is_server_ready() and triton.is_model_ready(NAME, headers=dict(SIGNED_IN))
+    metadata = triton.get_model_metadata(NAME, headers=dict(SIGNED_IN))
     assert metadata["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
     image = httpclient.InferInput("image_bytes", [1], "BYTES")
     image.set_data_from_numpy(np.array([png], dtype=object))
     result = triton.infer(NAME, [image], outputs=[httpclient.InferRequestedOutput("probability"),
-                                                  httpclient.InferRequestedOutput("label", binary_data=False)])
+                                                  httpclient.InferRequestedOutput("label", binary_data=False)],
+                          headers=dict(SIGNED_IN))
     v2 = float(result.as_numpy("probability")[0])
     assert int(result.as_numpy("label")[0]) == v1["label"]
     # ... and as JSON tensor data, base64 where binary

@@ -13,10 +13,10 @@ from components import challenge
 from components.evaluation import scoring
 from components.evaluation import predictions
 from components.data import records, schema
-from gateway.app import GatewayConfig, create_app
+from gateway.app import create_app
 from serving import configs, history, layout, repository
 from serving.server import Server
-from tests.conftest import export_variant, live_gateway, run_cli
+from tests.conftest import export_variant, gateway_config, live_gateway, run_cli, signed_in
 
 NAME = "ultrasound-resnet50-unfrozen"
 BLESSED = {"blessed": True, "reason": "blessed in a test"}
@@ -150,15 +150,16 @@ def _png(sample_splits, modality: str, n: int, split: str = "test") -> list[byte
     return [schema.deserialize(r).image_png for r in records.read_records(raw)][:n]
 
 
-def test_canary_gets_its_share_of_traffic_and_every_answer_names_its_version(pipeline_outputs, sample_splits, tmp_path):
+def test_canary_gets_its_share_of_traffic_and_every_answer_names_its_version(pipeline_outputs, sample_splits, tmp_path,
+                                                                              issuer):
     root = tmp_path / "repo"
     repository.push(_variant(pipeline_outputs, tmp_path, "v1"), root)
     repository.push(_variant(pipeline_outputs, tmp_path, "v2"), root, canary=BLESSED)
     server = Server(root, port=0, poll_seconds=0.5)
     try:
-        app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}", deadline_s=20, canary_percent=30, canary_seed=1,
-                                            repository_refresh_s=0))
-        client = app.test_client()
+        app = create_app(gateway_config(issuer, root, f"127.0.0.1:{server.port}", deadline_s=20, canary_percent=30,
+                                        canary_seed=1, repository_refresh_s=0))
+        client = signed_in(app.test_client(), issuer, ("clinician", "operator"))
         png = _png(sample_splits, "ultrasound", 1)[0]
 
         def ask(n):
@@ -182,22 +183,25 @@ def test_canary_gets_its_share_of_traffic_and_every_answer_names_its_version(pip
         server.stop()
 
 
-def test_drift_report_sounds_the_alarm_for_images_of_another_modality(pipeline_outputs, sample_splits, tmp_path):
+def test_drift_report_sounds_the_alarm_for_images_of_another_modality(pipeline_outputs, sample_splits, tmp_path,
+                                                                       issuer):
     """Histopathology tiles (RGB, 50 px) sent to an ultrasound model: the served statistics are
     far from the training split's, and the drift command names the features."""
     import base64
     import urllib.request
 
-    with live_gateway(pipeline_outputs, tmp_path / "repo") as (_, address):
+    token = tmp_path / "operator.token"
+    token.write_text(issuer.token("drift-job", ("operator",)))
+    with live_gateway(pipeline_outputs, tmp_path / "repo", issuer) as (_, address):
         tiles = _png(sample_splits, "histopathology", 40, "train")
         for tile in tiles:
             body = json.dumps({"image": {"b64": base64.b64encode(tile).decode()}}).encode()
             req = urllib.request.Request(f"http://{address}/api/v1/models/{NAME}:predict", data=body,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **issuer.headers()})
             with urllib.request.urlopen(req, timeout=30) as r:
                 assert r.status == 200
         out = run_cli("pipelines", "drift", "--model-repo", str(tmp_path / "repo"), "--work-dir", str(tmp_path / "w"),
-                      "--gateway", f"http://{address}", "--min-count", "30")
+                      "--gateway", f"http://{address}", "--min-count", "30", "--bearer-token-file", str(token))
     line = next(l for l in out.stdout.splitlines() if l.startswith(f"{NAME} v1"))
     assert "DRIFT in" in line and "channels" in line and "pixels" in line
     (report,) = (tmp_path / "w").glob("drift-*/report.md")

@@ -8,10 +8,10 @@ import pytest
 from werkzeug.serving import make_server
 
 from components.data import records, schema
-from gateway.app import GatewayConfig, create_app
+from gateway.app import create_app
 from serving import repository
 from serving.server import Server
-from tests.conftest import ARTIFACTS, ULTRASOUND_UNFROZEN
+from tests.conftest import ARTIFACTS, ULTRASOUND_UNFROZEN, gateway_config
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -20,19 +20,19 @@ pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIV
 
 
 @pytest.fixture(scope="module")
-def site(pipeline_outputs, sample_splits, tmp_path_factory):
+def site(pipeline_outputs, sample_splits, tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("browser-repo")
     for name in ULTRASOUND_UNFROZEN:          # the pages the test visits: a model, its cohort
         repository.push(pipeline_outputs[name] / "saved_model", root)
     server = Server(root, port=0)
-    app = create_app(GatewayConfig(root, f"127.0.0.1:{server.port}"))
+    app = create_app(gateway_config(issuer, root, f"127.0.0.1:{server.port}"))
     http = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     files = tmp_path_factory.mktemp("uploads")
     raw = sample_splits["ultrasound"].parent / "splits" / "test"
     (files / "scan.png").write_bytes(schema.deserialize(next(records.read_records(raw))).image_png)
     (files / "notes.png").write_text("these are notes, not an image")
-    yield {"url": f"http://127.0.0.1:{http.server_port}", "files": files}
+    yield {"url": f"http://127.0.0.1:{http.server_port}", "files": files, "issuer": issuer}
     http.shutdown()
     server.stop()
 
@@ -70,11 +70,27 @@ def _shot(driver, name):
     assert (folder / f"{name}.png").stat().st_size > 5000
 
 
+def _as(browser, token: str) -> None:
+    """Every request the browser sends carries ``token``, as the login proxy in front of the
+    gateway forwards a signed-in user's (oauth2-proxy's --pass-authorization-header)."""
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Bearer {token}"}})
+
+
 def test_upload_result_compare_and_error_banner_in_chromium(site, browser):
     from selenium.webdriver.common.by import By
 
     from selenium.webdriver.support.ui import WebDriverWait
 
+    issuer = site["issuer"]
+    browser.get(site["url"] + "/")                  # no token: the gateway says who may come in
+    WebDriverWait(browser, 30).until(lambda d: "bearer token" in d.page_source)
+    _as(browser, issuer.token("dr-reader", ("auditor",)))
+    browser.get(site["url"] + "/cohorts/ultrasound/unfrozen")
+    WebDriverWait(browser, 30).until(lambda d: "needs the clinician role" in d.page_source)
+    _shot(browser, "forbidden")
+
+    _as(browser, issuer.token("dr-example", ("clinician",)))
     browser.get(site["url"] + "/")
     # Under load Chromium can report an empty document for a moment after get() returns
     WebDriverWait(browser, 30).until(lambda d: "Breast-cancer image classification" in d.page_source)

@@ -17,7 +17,7 @@ from pathlib import Path
 from components.data import records, schema
 from serving import repository
 from serving.server import Server, free_port
-from tests.conftest import ROOT, ULTRASOUND_UNFROZEN
+from tests.conftest import PHI_KEY, ROOT, ULTRASOUND_UNFROZEN
 
 PACKAGES = {"components", "pipelines", "serving", "gateway", "dicom_node"}
 # Left out of the source copy: environments, build outputs and caches. The wheel is built from a
@@ -34,8 +34,9 @@ def _run(*command, **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
-def _get(url: str, data: bytes | None = None, timeout: float = 30.0):
-    headers = {"Content-Type": "application/json"} if data is not None else {}
+def _get(url: str, data: bytes | None = None, timeout: float = 30.0, token: str | None = None):
+    headers = {**({"Content-Type": "application/json"} if data is not None else {}),
+               **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=timeout) as r:
             return r.status, r.headers.get("Content-Type", ""), r.read()
@@ -43,7 +44,7 @@ def _get(url: str, data: bytes | None = None, timeout: float = 30.0):
         return e.code, e.headers.get("Content-Type", ""), e.read()
 
 
-def test_the_installed_wheel_serves_the_gateway(pipeline_outputs, sample_splits, tmp_path):
+def test_the_installed_wheel_serves_the_gateway(pipeline_outputs, sample_splits, tmp_path, issuer):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(PYTHONUNBUFFERED="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
 
@@ -92,8 +93,12 @@ def test_the_installed_wheel_serves_the_gateway(pipeline_outputs, sample_splits,
     log = tmp_path / "gateway.log"
     with open(log, "w") as out:
         gateway = subprocess.Popen([str(python), "-m", "gateway", "--model-repo", str(root), "--serving",
-                                    f"127.0.0.1:{model_server.port}", "--port", str(port), "--deadline", "20"],
-                                   cwd=elsewhere, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                    f"127.0.0.1:{model_server.port}", "--port", str(port), "--deadline", "20",
+                                    "--oidc-issuer", issuer.url, "--oidc-audience", issuer.audience,
+                                    "--audit-log", str(tmp_path / "audit.jsonl")],
+                                   cwd=elsewhere, env={**env, "BCIMAGING_PHI_KEY": PHI_KEY.decode()}, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    token = issuer.token()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -106,18 +111,20 @@ def test_the_installed_wheel_serves_the_gateway(pipeline_outputs, sample_splits,
             time.sleep(0.3)
         assert gateway.poll() is None and _get(f"{url}/readyz")[0] == 200, log.read_text()[-3000:]
 
-        status, kind, body = _get(f"{url}/")
+        assert _get(f"{url}/")[0] == 401
+        status, kind, body = _get(f"{url}/", token=token)
         assert status == 200 and kind.startswith("text/html"), (status, body[:500])
         assert b"Breast-cancer image classification" in body and b"/cohorts/ultrasound/unfrozen" in body
-        status, kind, body = _get(f"{url}/cohorts/ultrasound/unfrozen")
+        status, kind, body = _get(f"{url}/cohorts/ultrasound/unfrozen", token=token)
         assert status == 200 and kind.startswith("text/html"), (status, body[:500])
-        status, kind, _ = _get(f"{url}/static/style.css")
+        status, kind, _ = _get(f"{url}/static/style.css", token=token)
         assert status == 200 and kind.startswith("text/css")
 
         raw = sample_splits["ultrasound"].parent / "splits" / "test"
         png = schema.deserialize(next(records.read_records(raw))).image_png
         request = json.dumps({"image": {"b64": base64.b64encode(png).decode()}}).encode()
-        status, kind, body = _get(f"{url}/api/v1/cohorts/ultrasound/unfrozen:compare", data=request, timeout=60)
+        status, kind, body = _get(f"{url}/api/v1/cohorts/ultrasound/unfrozen:compare", data=request, timeout=60,
+                                  token=token)
         assert status == 200, body[:2000]
         assert [m["model"] for m in json.loads(body)["models"]] == list(ULTRASOUND_UNFROZEN)
     finally:

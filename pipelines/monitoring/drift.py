@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -111,14 +112,20 @@ def picture(row: dict, path: Path, title: str) -> None:
 
 
 def run(model_repo: str | Path, work_dir: str | Path, gateway: str, threshold: float = DEFAULT_THRESHOLD,
-        min_count: int = 30, metrics_text: str | None = None) -> dict:
+        min_count: int = 30, metrics_text: str | None = None, token: str | None = None) -> dict:
+    """``token``: a bearer token with the operator role (the gateway's /metrics needs one)."""
     from serving import layout
 
     model_repo, work_dir = Path(model_repo), Path(work_dir)
     if metrics_text is None:
+        request = urllib.request.Request(f"{gateway.rstrip('/')}/metrics",
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
-            with urllib.request.urlopen(f"{gateway.rstrip('/')}/metrics", timeout=10) as r:
+            with urllib.request.urlopen(request, timeout=10) as r:
                 metrics_text = r.read().decode()
+        except urllib.error.HTTPError as e:
+            raise cli.UserError(f"the gateway refused {gateway}/metrics ({e.code}): it needs an operator's token "
+                                "(--bearer-token-file)") from None
         except OSError as e:
             raise cli.UserError(f"could not read {gateway}/metrics ({e}); give the gateway's base URL") from None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
