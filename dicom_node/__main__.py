@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
+from pathlib import Path
 
-from components.core import cli
+from components.core import audit, cli, identity, phi
+from components.core.identity import ClientCredentials
 from dicom_node import pacs
+from dicom_node.doors import Doors, parse_senders
 from dicom_node.node import Node, NodeConfig
 from dicom_node.report import Retry
 
@@ -43,6 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--retry-delay", type=float, default=2.0, help="seconds before the first retry, doubling")
     ap.add_argument("--workers", type=int, default=2, help="studies reported on at once")
     ap.add_argument("--gateway-timeout", type=float, default=60.0, help="seconds one gateway request may take")
+    ap.add_argument("--sender", action="append", default=[], metavar="AET[=HOST[,HOST]]",
+                    help="a PACS or modality that may C-STORE to the node, by calling AE title, optionally only from "
+                         "these addresses (repeatable; at least one: unknown senders are rejected at association)")
+    ap.add_argument("--auth", choices=("oidc", "none"), default=os.environ.get("NODE_AUTH", "oidc"),
+                    help="oidc: STOW-RS needs a bearer token and the node presents its own to the gateway; none: "
+                         "neither, for local development on loopback only (env NODE_AUTH)")
+    identity.add_arguments(ap, os.environ)
+    ap.add_argument("--client-id", default=os.environ.get("NODE_CLIENT_ID"),
+                    help="the node's client id at the identity provider; it asks the gateway with its own token "
+                         "(OAuth2 client credentials; env NODE_CLIENT_ID)")
+    ap.add_argument("--client-secret-file", default=os.environ.get("NODE_CLIENT_SECRET_FILE"),
+                    help="a file holding the node's client secret (a mounted secret; env NODE_CLIENT_SECRET_FILE)")
+    ap.add_argument("--gateway-audience", default=os.environ.get("GATEWAY_AUDIENCE"),
+                    help="the audience of the gateway's tokens, when the provider needs it named (env GATEWAY_AUDIENCE)")
+    ap.add_argument("--pacs-auth", default=os.environ.get("PACS_AUTH"),
+                    help="credentials for a DICOMweb PACS: basic:USER:PASSWORD_FILE, bearer:TOKEN_FILE, or none "
+                         "(anonymous, said explicitly; env PACS_AUTH)")
+    ap.add_argument("--audit-log", default=os.environ.get("AUDIT_LOG"),
+                    help="the access audit: one hash-chained event per instance received (env AUDIT_LOG; required "
+                         "with --auth oidc)")
+    ap.add_argument("--phi-key-file", help=f"the PHI key that pseudonymizes studies and instances in the audit "
+                                           f"(else env {phi.KEY_FILE_ENV} or {phi.KEY_ENV})")
     return ap
 
 
@@ -58,11 +84,36 @@ def strategies(values: list[str]) -> dict[str, str]:
     return chosen
 
 
+def doors_and_credentials(args: argparse.Namespace) -> tuple[Doors, ClientCredentials | None]:
+    senders = parse_senders(args.sender)
+    if not senders:
+        raise ValueError("give at least one --sender AET: the node admits C-STORE from configured senders only")
+    key = phi.load_key(args.phi_key_file)
+    if args.auth == "none":
+        if not identity.loopback(args.host):
+            raise ValueError(f"--auth none takes STOW-RS without a token: it binds loopback only, not {args.host}")
+        logging.getLogger("dicom_node").warning("AUTHENTICATION IS OFF (--auth none): STOW-RS takes anyone and "
+                                                "the node asks the gateway without a token; local development only")
+        chained = audit.ChainedLog(args.audit_log) if args.audit_log else None
+        return Doors(senders, None, chained, key or os.urandom(32)), None
+    config_ = identity.config_from(args)
+    if not args.audit_log or not key:
+        raise ValueError("a node that checks tokens keeps an access audit: give --audit-log and the PHI key")
+    if not args.client_id or not args.client_secret_file:
+        raise ValueError("give the node's own credential for the gateway: --client-id and --client-secret-file")
+    secret = Path(args.client_secret_file).read_text().strip()
+    credentials = ClientCredentials(config_.issuer, args.client_id, secret, args.gateway_audience,
+                                    ca_file=config_.ca_file)
+    return Doors(senders, identity.TokenVerifier(config_), audit.ChainedLog(args.audit_log), key), credentials
+
+
 def config(args: argparse.Namespace) -> NodeConfig:
     if not 1 <= len(args.ae_title.strip()) <= 16:
         raise ValueError("--ae-title must be 1 to 16 characters")
+    doors, credentials = doors_and_credentials(args)
     return NodeConfig(
-        ae_title=args.ae_title, gateway=args.gateway, store=pacs.store_to(*args.store_to, calling_aet=args.ae_title),
+        ae_title=args.ae_title, gateway=args.gateway, doors=doors, credentials=credentials,
+        store=pacs.store_to(*args.store_to, calling_aet=args.ae_title, auth=args.pacs_auth),
         strategies=strategies(args.strategy), host=args.host, dicom_port=args.dicom_port, http_port=args.http_port,
         quiet_s=args.quiet_seconds, max_associations=args.max_associations,
         http_connections=args.http_connections, max_pdu=args.max_pdu,

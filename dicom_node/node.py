@@ -7,7 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from components.core.identity import ClientCredentials
 from dicom_node import dimse, stow
+from dicom_node.doors import Doors
 from dicom_node.inbox import Batch, Inbox
 from dicom_node.report import Reporter, Retry, Store
 
@@ -19,6 +21,8 @@ class NodeConfig:
     ae_title: str                              # the called AE title a C-STORE must name
     gateway: str                               # the gateway's base URL
     store: Store                               # where the reports go (dicom_node.pacs)
+    doors: Doors                               # who may send (senders, STOW-RS tokens) and the audit
+    credentials: ClientCredentials | None      # the node's own token for the gateway (None: --auth none)
     strategies: dict[str, str] = field(default_factory=lambda: {"mammography": "progressive",
                                                                 "ultrasound": "progressive"})
     host: str = "127.0.0.1"
@@ -42,7 +46,7 @@ class Node:
         self.config = config
         self.inbox = Inbox(config.budget_bytes, config.quiet_s)
         self.report = report or Reporter(config.gateway, config.strategies, config.store, config.retry,
-                                         config.gateway_timeout_s)
+                                         config.gateway_timeout_s, config.credentials)
         self._workers = ThreadPoolExecutor(config.workers, thread_name_prefix="dicom-node-report")
         self._stopping = threading.Event()
         self._scp = self._http = None
@@ -52,10 +56,10 @@ class Node:
         from waitress import create_server
 
         c = self.config
-        self._scp = dimse.start(dimse.storage_ae(c.ae_title, c.max_associations, c.max_pdu), c.host, c.dicom_port,
-                                self.inbox)
+        self._scp = dimse.start(dimse.storage_ae(c.ae_title, c.max_associations, c.max_pdu, c.doors.senders), c.host,
+                                c.dicom_port, self.inbox, c.doors)
         # a STOW-RS body is held in memory whole (never spooled to a temporary file), up to the budget
-        self._http = create_server(stow.make_app(self.inbox), host=c.host, port=c.http_port, threads=2,
+        self._http = create_server(stow.make_app(self.inbox, c.doors), host=c.host, port=c.http_port, threads=2,
                                    connection_limit=c.http_connections, max_request_body_size=c.budget_bytes,
                                    inbuf_overflow=c.budget_bytes, channel_timeout=30, asyncore_use_poll=True,
                                    ident="dicom-node")

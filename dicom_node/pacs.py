@@ -19,12 +19,33 @@ from dicom_node.report import Store, Transient
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
 
+def session(auth: str) -> requests.Session | None:
+    """The credentials the PACS requires (``--pacs-auth``): ``basic:USER:PASSWORD_FILE``,
+    ``bearer:TOKEN_FILE``, or ``none`` (an anonymous PACS, said so explicitly)."""
+    from pathlib import Path
+
+    from dicomweb_client.session_utils import create_session_from_auth
+
+    kind, _, rest = auth.partition(":")
+    if kind == "none" and not rest:
+        return None
+    if kind == "basic" and rest.count(":") >= 1:
+        user, _, path = rest.partition(":")
+        return create_session_from_auth(requests.auth.HTTPBasicAuth(user, Path(path).read_text().strip()))
+    if kind == "bearer" and rest:
+        token = Path(rest).read_text().strip()
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {token}"
+        return s
+    raise ValueError("--pacs-auth: basic:USER:PASSWORD_FILE, bearer:TOKEN_FILE or none")
+
+
 class DicomWebStore:
-    def __init__(self, url: str, timeout_s: float = 60.0):
-        self.url, self.timeout_s = url.rstrip("/"), timeout_s
+    def __init__(self, url: str, timeout_s: float = 60.0, session: requests.Session | None = None):
+        self.url, self.timeout_s, self.session = url.rstrip("/"), timeout_s, session
 
     def put(self, datasets: list[pydicom.Dataset]) -> None:
-        client = DICOMwebClient(self.url, timeout=self.timeout_s)
+        client = DICOMwebClient(self.url, timeout=self.timeout_s, session=self.session)
         try:
             response = client.store_instances(datasets)
         except requests.HTTPError as e:
@@ -71,12 +92,15 @@ class DimseStore:
         return f"DIMSE {self.called_aet}@{self.host}:{self.port}"
 
 
-def store_to(kind: str, target: str, calling_aet: str) -> Store:
-    """``--store-to dicomweb URL`` or ``--store-to dimse HOST:PORT:AET``."""
+def store_to(kind: str, target: str, calling_aet: str, auth: str | None = None) -> Store:
+    """``--store-to dicomweb URL`` (with ``--pacs-auth``) or ``--store-to dimse HOST:PORT:AET``."""
     if kind == "dicomweb":
         if not target.startswith(("http://", "https://")):
             raise ValueError(f"--store-to dicomweb needs an http(s) URL, not {target!r}")
-        return DicomWebStore(target)
+        if auth is None:
+            raise ValueError("--store-to dicomweb needs --pacs-auth: basic:USER:PASSWORD_FILE, bearer:TOKEN_FILE, "
+                             "or none for a PACS that takes anonymous writes")
+        return DicomWebStore(target, session=session(auth))
     if kind == "dimse":
         try:
             host, port, aet = target.rsplit(":", 2)

@@ -67,9 +67,10 @@ class Retry:
 
 class Reporter:
     def __init__(self, gateway: str, strategies: dict[str, str], store: Store, retry: Retry = Retry(),
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, credentials=None):
         self.gateway, self.strategies, self.store = gateway.rstrip("/"), strategies, store
         self.retry, self.timeout_s = retry, timeout_s
+        self.credentials = credentials        # the node's own token (OAuth2 client credentials), or None
         self._local = threading.local()          # a requests.Session per worker: sessions are not thread-safe
 
     @property
@@ -109,8 +110,12 @@ class Reporter:
             raise Permanent(f"no strategy is configured for {instance.modality}")
         url = f"{self.gateway}/api/v1/cohorts/{instance.modality}/{strategy}:compare"
         try:
+            identity = self.credentials.header() if self.credentials else {}
+        except (OSError, ValueError, KeyError) as e:
+            raise Transient(f"the identity provider gave the node no token ({type(e).__name__})") from None
+        try:
             answer = self.session.post(url, data=instance.data, timeout=self.timeout_s,
-                                       headers={"Content-Type": DICOM, "Accept": DICOM})
+                                       headers={"Content-Type": DICOM, "Accept": DICOM, **identity})
         except requests.RequestException as e:
             raise Transient(f"the gateway did not answer ({type(e).__name__})") from None
         _raise_for(answer)

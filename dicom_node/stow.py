@@ -5,7 +5,9 @@ is checked by admission and held by the inbox under the same byte budget as C-ST
 is the store response of PS3.18 (``application/dicom+json``: Referenced SOP Sequence for what
 was taken, Failed SOP Sequence with the Failure Reason for what was not): 200 when every
 instance was taken, 202 when some were, 409 when none was. Metadata-and-bulk-data bodies
-(``application/dicom+json``) are refused with 415: the node reads Part 10 only.
+(``application/dicom+json``) are refused with 415: the node reads Part 10 only. A request needs a
+bearer token carrying the clinician role (``dicom_node.doors``): 401 without one, 403 without the
+role, before the body is parsed.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from pydicom.dataset import Dataset
 from werkzeug.http import parse_options_header
 from werkzeug.wrappers import Request, Response
 
+from components.core.identity import Forbidden, Unauthorized
 from dicom_node import admission
+from dicom_node.doors import Doors
 from dicom_node.inbox import Inbox, OutOfResources
 
 log = logging.getLogger("dicom_node")
@@ -27,7 +31,7 @@ class Malformed(Exception):
     """The body is not the multipart/related message its Content-Type announces."""
 
 
-def make_app(inbox: Inbox):
+def make_app(inbox: Inbox, doors: Doors):
     """The WSGI application of the node's HTTP port."""
 
     @Request.application
@@ -35,13 +39,25 @@ def make_app(inbox: Inbox):
         if request.path == "/healthz":
             return _json({"status": "ok", **inbox.status()}) if request.method == "GET" else _error(405, "use GET")
         if request.path.rstrip("/") == "/studies":
-            return _store(request, inbox) if request.method == "POST" else _error(405, "use POST (STOW-RS)")
+            if request.method != "POST":
+                return _error(405, "use POST (STOW-RS)")
+            try:
+                who = doors.stow_identity(request.headers.get("Authorization"))
+            except Unauthorized as e:
+                doors.record("stow-rs", "unknown", [], request.remote_addr, 401, detail=str(e), kind="rest")
+                response = _error(401, str(e))
+                response.headers["WWW-Authenticate"] = 'Bearer realm="bcimaging-dicom-node", error="invalid_token"'
+                return response
+            except Forbidden as e:
+                doors.record("stow-rs", "unknown", [], request.remote_addr, 403, detail=str(e), kind="rest")
+                return _error(403, str(e))
+            return _store(request, inbox, doors, who)
         return _error(404, "not found: the node answers POST /studies (STOW-RS) and GET /healthz")
 
     return app
 
 
-def _store(request: Request, inbox: Inbox) -> Response:
+def _store(request: Request, inbox: Inbox, doors: Doors, who) -> Response:
     kind, options = parse_options_header(request.headers.get("Content-Type", ""))
     if kind != "multipart/related" or "boundary" not in options:
         return _error(415, 'send multipart/related; type="application/dicom" with a boundary')
@@ -55,6 +71,9 @@ def _store(request: Request, inbox: Inbox) -> Response:
     for content_type, body in parts:
         outcome = _take(content_type, body, inbox, request.remote_addr)
         (taken if isinstance(outcome, tuple) else failed).append(outcome)
+        doors.record("stow-rs", who.subject, sorted(who.roles), request.remote_addr,
+                     200 if isinstance(outcome, tuple) else 400, verified=who.verified, kind="rest",
+                     instance_uid=outcome[1] if isinstance(outcome, tuple) else None)
     status = 200 if not failed else 202 if taken else 409
     return Response(json.dumps(_store_response(taken, failed).to_json_dict()), status, content_type=DICOM_JSON)
 

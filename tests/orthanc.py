@@ -18,6 +18,9 @@ to and from a socket on this machine's loopback. One relay runs the other way, s
 C-STORE to the node lands on the node's loopback port. Elsewhere Orthanc runs on this
 machine's loopback, with ``RemoteAccessAllowed`` false (HTTP from other hosts refused) and
 C-STORE accepted only from the configured node at 127.0.0.1.
+
+Its REST and DICOMweb APIs require authentication (``AuthenticationEnabled``): the node writes as
+user ``node``, the tests read as user ``tests``; anonymous requests get 401.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ import subprocess
 import sys
 import threading
 import time
+import base64
+import secrets
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -83,6 +88,7 @@ class Orthanc:
     isolation: str                  # "network namespace" or "loopback"
     process: subprocess.Popen
     log_path: Path
+    users: dict = field(default_factory=dict)       # user -> password (the node's and the tests')
     relays: list = field(default_factory=list)
     aet: str = AE_TITLE
 
@@ -90,10 +96,28 @@ class Orthanc:
     def dicomweb(self) -> str:
         return f"{self.http}/dicom-web"
 
-    def rest(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"):
-        """(status, parsed JSON or raw bytes) of one REST call."""
+    def authorization(self, user: str = "tests") -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{self.users[user]}".encode()).decode()}
+
+    def session(self, user: str = "tests"):
+        """A requests session signed in as ``user`` (for DICOMwebClient)."""
+        import requests
+        from dicomweb_client.session_utils import create_session_from_auth
+
+        return create_session_from_auth(requests.auth.HTTPBasicAuth(user, self.users[user]))
+
+    def password_file(self, folder: Path, user: str = "node") -> Path:
+        path = folder / f"{user}.password"
+        path.write_text(self.users[user])
+        path.chmod(0o600)
+        return path
+
+    def rest(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
+             user: str | None = "tests"):
+        """(status, parsed JSON or raw bytes) of one REST call (``user`` None: anonymous)."""
+        headers = {"Content-Type": content_type} if body is not None else {}
         request = urllib.request.Request(f"{self.http}{path}", data=body, method=method,
-                                         headers={"Content-Type": content_type} if body is not None else {})
+                                         headers={**headers, **(self.authorization(user) if user else {})})
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
                 status, data, kind = answer.status, answer.read(), answer.headers.get("Content-Type", "")
@@ -117,12 +141,13 @@ class Orthanc:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def config(tmp: Path, dicom_port: int, http_port: int, node: tuple[str, int] | None) -> dict:
-    """Orthanc's JSON config: storage in ``tmp``, DICOMweb on, the node as its one modality."""
+def config(tmp: Path, dicom_port: int, http_port: int, node: tuple[str, int] | None, users: dict) -> dict:
+    """Orthanc's JSON config: storage in ``tmp``, DICOMweb on, the node as its one modality,
+    authentication required."""
     return {
         "Name": "bcimaging-test-pacs", "DicomAet": AE_TITLE, "DicomPort": dicom_port, "HttpPort": http_port,
         "StorageDirectory": str(tmp / "storage"), "IndexDirectory": str(tmp / "index"),
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": users,
         "DicomCheckCalledAet": True,            # a C-STORE must name ORTHANC
         "DicomAlwaysAllowStore": False,         # ... and come from a configured modality
         "DicomCheckModalityHost": True,         # ... at its configured address
@@ -142,7 +167,9 @@ def running(tmp: Path, node: tuple[str, int] | None = None, isolate: bool | None
     isolate = namespaces_available() if isolate is None else isolate
     tmp.mkdir(parents=True, exist_ok=True)
     inner_dicom, inner_http = free_port(), free_port()
-    (tmp / "orthanc.json").write_text(json.dumps(config(tmp, inner_dicom, inner_http, node), indent=1))
+    users = {"node": secrets.token_urlsafe(16), "tests": secrets.token_urlsafe(16)}
+    (tmp / "orthanc.json").write_text(json.dumps(config(tmp, inner_dicom, inner_http, node, users), indent=1))
+    (tmp / "orthanc.json").chmod(0o600)
     log_path = tmp / "orthanc.log"
     command = [BINARY, f"--logdir={tmp}", str(tmp / "orthanc.json")]
     if isolate:
@@ -152,6 +179,7 @@ def running(tmp: Path, node: tuple[str, int] | None = None, isolate: bool | None
     pacs = None
     try:
         pacs = _connect(process, inner_dicom, inner_http, node, isolate, log_path)
+        pacs.users = users
         _wait_until_up(pacs)
         yield pacs
     finally:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import highdicom as hd
 import pydicom
@@ -23,30 +24,49 @@ from pynetdicom import AE
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from components.core import audit
+from components.core.identity import IdentityConfig, TokenVerifier
 from gateway import dicom_sr
 from dicom_node import Node, NodeConfig, admission
+from dicom_node.doors import Doors
 from dicom_node.pacs import DicomWebStore, DimseStore
 from dicom_node.inbox import tag
 from dicom_node.report import Reporter, Retry, Transient, referenced_instances
 from dicom_node.stow import split_multipart
 from tests import dciodvfy, dicom_fixtures, orthanc
+from tests.oidc import new_key
 
 NODE_AET = "NODE_AET"
 IMAGE_CLASSES = admission.STORAGE_CLASSES
+SENDERS = {"TEST_SCU": frozenset(), orthanc.AE_TITLE: frozenset({"127.0.0.1"})}
+TRUSTED: dict = {}          # this module's identity provider (tests/oidc.py), set by _trusted
+
+
+@pytest.fixture(autouse=True)
+def _trusted(issuer, tmp_path):
+    """The nodes of these tests check STOW-RS tokens from ``issuer`` and keep an audit."""
+    TRUSTED.update(issuer=issuer, audit=tmp_path / "node-audit.jsonl")
+    yield
+    TRUSTED.clear()
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 @contextmanager
-def running_node(report=None, **options):
-    """The node in this process on free loopback ports; ``report`` gets each quiet batch."""
-    settings = dict(ae_title=NODE_AET, gateway="http://127.0.0.1:9", store=None, dicom_port=0, http_port=0,
-                    quiet_s=30.0, retry=Retry(3, 0.0, sleep=lambda s: None))
+def running_node(report=None, senders=SENDERS, **options):
+    """The node in this process on free loopback ports; ``report`` gets each quiet batch. It
+    admits ``senders`` by C-STORE and STOW-RS with a token from this module's issuer."""
+    issuer = TRUSTED["issuer"]
+    doors = Doors(senders, TokenVerifier(IdentityConfig(issuer.url, issuer.audience)),
+                  audit.ChainedLog(TRUSTED["audit"]), b"a-test-phi-key-of-32-random-bytes")
+    settings = dict(ae_title=NODE_AET, gateway="http://127.0.0.1:9", store=None, doors=doors, credentials=None,
+                    dicom_port=0, http_port=0, quiet_s=30.0, retry=Retry(3, 0.0, sleep=lambda s: None))
     node = Node(NodeConfig(**{**settings, **options}), report=report or (lambda batch: None)).start()
     try:
         yield node
     finally:
         node.stop()
+        doors.log.close()
 
 
 def scu(called: str = NODE_AET, calling: str = "TEST_SCU") -> AE:
@@ -67,12 +87,16 @@ def c_store(port: int, *instances: bytes, called: str = NODE_AET) -> list[int]:
         assoc.release()
 
 
-def stow(port: int, *parts: bytes, content_type: str = 'multipart/related; type="application/dicom"'):
+def stow(port: int, *parts: bytes, content_type: str = 'multipart/related; type="application/dicom"',
+         roles=("clinician",), token: str | None = None):
+    """A STOW-RS request with a token carrying ``roles`` (``token`` "": none at all)."""
     boundary = "node-test-boundary-7f3a"
     body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), p) for p in parts)
     body += b"--%s--\r\n" % boundary.encode()
+    token = TRUSTED["issuer"].token("pacs-router", roles) if token is None else token
     return requests.post(f"http://127.0.0.1:{port}/studies", data=body, timeout=30,
-                         headers={"Content-Type": f"{content_type}; boundary={boundary}"})
+                         headers={"Content-Type": f"{content_type}; boundary={boundary}",
+                                  **({"Authorization": f"Bearer {token}"} if token else {})})
 
 
 def mammogram(study: str | None = None, view: str = "CC", **attributes) -> bytes:
@@ -141,6 +165,38 @@ def test_an_association_calling_another_ae_title_is_rejected():
         right.release()
 
 
+def test_a_c_store_from_an_unknown_calling_ae_is_rejected_at_association():
+    with running_node() as node:
+        stranger = scu(calling="STRANGER").associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET)
+        assert stranger.is_rejected and not stranger.is_established
+        # rejected permanently by the service user: calling AE title not recognised (PS3.8 9.3.4)
+        assert (stranger.acceptor.primitive.result, stranger.acceptor.primitive.result_source,
+                stranger.acceptor.primitive.diagnostic) == (0x01, 0x01, 0x03)
+        assert node.inbox.status()["instances_waiting"] == 0
+    # a known title from an address not its own gets no further than an aborted association
+    with running_node(senders={"TEST_SCU": frozenset({"192.0.2.7"})}) as node:
+        elsewhere = scu().associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET)
+        time.sleep(0.5)
+        assert not elsewhere.is_established or elsewhere.is_aborted
+    events = list(audit.read(TRUSTED["audit"]))
+    assert [e["agent"][0]["who"] for e in events if e["outcomeDesc"] == "403"] == ["STRANGER", "TEST_SCU"]
+    assert audit.verify(TRUSTED["audit"]).ok
+
+
+def test_stow_rs_needs_a_token_with_the_clinician_role():
+    image = mammogram()
+    with running_node() as node:
+        missing = stow(node.http_port, image, token="")
+        assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "no bearer token" in missing.json()["error"]
+        forged = TRUSTED["issuer"].token("pacs-router", ("clinician",), key=new_key())
+        assert stow(node.http_port, image, token=forged).status_code == 401
+        assert stow(node.http_port, image, roles=("auditor",)).status_code == 403
+        assert node.inbox.status()["instances_waiting"] == 0
+        assert stow(node.http_port, image).status_code == 200
+        assert node.inbox.status()["instances_waiting"] == 1
+
+
 def test_more_associations_than_the_bound_are_rejected():
     with running_node(max_associations=2) as node:
         held = [scu().associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET) for _ in range(2)]
@@ -184,8 +240,10 @@ def test_stow_rs_takes_a_multipart_body_and_lists_what_it_refused():
     study = generate_uid()
     images = [mammogram(study, "CC"), mammogram(study, "MLO")]
     with running_node() as node:
-        # dicomweb-client, as a PACS or a script would send them
-        client = DICOMwebClient(f"http://127.0.0.1:{node.http_port}")
+        # dicomweb-client, as a PACS or a script would send them, with its bearer token
+        signed = requests.Session()
+        signed.headers.update(TRUSTED["issuer"].headers(subject="pacs-router"))
+        client = DICOMwebClient(f"http://127.0.0.1:{node.http_port}", session=signed)
         response = client.store_instances([pydicom.dcmread(io.BytesIO(d)) for d in images])
         taken = {str(item.ReferencedSOPInstanceUID) for item in response.ReferencedSOPSequence}
         assert taken == {str(pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID) for d in images}
@@ -250,7 +308,10 @@ def test_a_uid_holding_dot_dot_is_refused_and_the_node_writes_no_file(monkeypatc
         assert node.inbox.status()["instances_waiting"] == 1
     with pytest.raises(admission.Refused, match="invalid SOPInstanceUID"):
         admission.admit(evil)
-    assert written == []
+    # the one file the node writes is its access audit (and that file's head)
+    audit_file = TRUSTED["audit"]
+    assert [w for w in written if isinstance(w, int) or Path(w).parent != audit_file.parent
+            or not Path(w).name.lstrip(".").startswith(audit_file.name)] == []
 
 
 # -- the node's reports: retries, and nothing half-done -----------------------------------------
@@ -322,14 +383,14 @@ def test_orthanc_sends_an_image_and_receives_the_report(tmp_path, kind):
     node_port = orthanc.free_port()
     with orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, \
             fake_gateway(sr_answer) as (url, _):
-        store = DicomWebStore(archive.dicomweb) if kind == "dicomweb" else \
+        store = DicomWebStore(archive.dicomweb, session=archive.session("node")) if kind == "dicomweb" else \
             DimseStore(*archive.dicom, archive.aet, calling_aet=NODE_AET)
         reporter = Reporter(url, {"mammography": "progressive"}, store, Retry(3, 0.5))
         with running_node(report=reporter, dicom_port=node_port, quiet_s=0.5) as node:
             image = mammogram()
             header = pydicom.dcmread(io.BytesIO(image), stop_before_pixels=True)
             archive.send("node", archive.upload(image))
-            client = DICOMwebClient(archive.dicomweb)
+            client = DICOMwebClient(archive.dicomweb, session=archive.session())
             (found,) = wait_for(lambda: client.search_for_instances(
                 study_instance_uid=header.StudyInstanceUID, search_filters={"Modality": "SR"}), what="the SR in Orthanc")
             wait_for(lambda: node.inbox.status()["held_bytes"] == 0, what="the batch released")
@@ -340,13 +401,15 @@ def test_orthanc_sends_an_image_and_receives_the_report(tmp_path, kind):
 
 @orthanc.required
 @dciodvfy.required
-def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path):
+def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path, issuer):
     """The trained models behind the real gateway; the node as a process (its command line);
-    Orthanc as the PACS. Two mammograms of one study and a sonogram of another go in; each gets
-    an SR in its own study that references it, says what the gateway's JSON API says of the same
-    image, and passes dciodvfy; the node's log names no patient."""
+    Orthanc as the PACS, requiring authentication. Two mammograms of one study and a sonogram of
+    another go in; each gets an SR in its own study that references it, says what the gateway's
+    JSON API says of the same image, and passes dciodvfy; the node's log names no patient. Every
+    hop presents a credential: Orthanc's C-STORE comes from an admitted AE title, the node asks
+    the gateway with its own client-credentials token, and writes to Orthanc as its user."""
     from serving import repository
-    from tests.conftest import live_gateway
+    from tests.conftest import PHI_KEY, live_gateway
 
     root = tmp_path / "repo"
     repository.push(pipeline_outputs["mammography-resnet50-progressive"] / "saved_model", root)
@@ -354,22 +417,33 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path):
     mg_study = generate_uid()
     images = [mammogram(mg_study, "CC"), mammogram(mg_study, "MLO"), dicom_fixtures.ultrasound()]
     log_path = tmp_path / "node.log"
-    with live_gateway(pipeline_outputs, root) as (_, gateway), \
+    secret = tmp_path / "node-client.secret"
+    secret.write_text("node-client-secret-for-the-test")
+    issuer.register_client("dicom-node", secret.read_text(), ["clinician"])
+    with live_gateway(pipeline_outputs, root, issuer) as (_, gateway), \
             orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, open(log_path, "w") as log:
+        anonymous, _ = archive.rest("GET", "/dicom-web/studies", user=None)
+        assert anonymous == 401, "the PACS must require authentication for this test to mean anything"
         process = subprocess.Popen(
             [sys.executable, "-m", "dicom_node", "--gateway", f"http://{gateway}",
              "--store-to", "dicomweb", archive.dicomweb, "--ae-title", NODE_AET, "--dicom-port", str(node_port),
              "--http-port", str(http_port), "--quiet-seconds", "2", "--retry-delay", "1",
-             "--strategy", "mammography=progressive", "--strategy", "ultrasound=unfrozen"],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+             "--strategy", "mammography=progressive", "--strategy", "ultrasound=unfrozen",
+             "--sender", f"{orthanc.AE_TITLE}=127.0.0.1", "--oidc-issuer", issuer.url,
+             "--oidc-audience", issuer.audience, "--client-id", "dicom-node", "--client-secret-file", str(secret),
+             "--pacs-auth", f"basic:node:{archive.password_file(tmp_path)}",
+             "--audit-log", str(tmp_path / "node-audit.jsonl")],
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "BCIMAGING_PHI_KEY": PHI_KEY.decode()})
         try:
             wait_for(lambda: _healthy(http_port), 60, "the node's /healthz")
             for image in images:
                 archive.send("node", archive.upload(image))
-            client = DICOMwebClient(archive.dicomweb)
+            client = DICOMwebClient(archive.dicomweb, session=archive.session())
             for image in images:
                 _check_report(client, image, f"http://{gateway}", "ultrasound/unfrozen"
-                              if pydicom.dcmread(io.BytesIO(image)).Modality == "US" else "mammography/progressive")
+                              if pydicom.dcmread(io.BytesIO(image)).Modality == "US" else "mammography/progressive",
+                              issuer)
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- the node's log ---\n{log_path.read_text()[-4000:]}") from None
         finally:
@@ -381,6 +455,10 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path):
     for secret in (str(header.PatientName), str(header.PatientID), str(header.SOPInstanceUID), mg_study):
         assert secret not in log_text, f"{secret!r} in the node's log"
     assert tag(str(header.SOPInstanceUID)) in log_text and "stored 2 report(s)" in log_text
+    assert audit.verify(tmp_path / "node-audit.jsonl").ok
+    events = list(audit.read(tmp_path / "node-audit.jsonl"))
+    assert [e["agent"][0]["who"] for e in events if e["subtype"] == "c-store"] == [orthanc.AE_TITLE] * 3
+    assert all(secret not in (tmp_path / "node-audit.jsonl").read_text() for secret in (mg_study, str(header.PatientID)))
 
 
 def _healthy(port: int) -> bool:
@@ -390,7 +468,7 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _check_report(client: DICOMwebClient, image: bytes, gateway: str, cohort: str) -> None:
+def _check_report(client: DICOMwebClient, image: bytes, gateway: str, cohort: str, issuer) -> None:
     header = pydicom.dcmread(io.BytesIO(image), stop_before_pixels=True)
     found = wait_for(lambda: [f for f in client.search_for_instances(
         study_instance_uid=header.StudyInstanceUID, search_filters={"Modality": "SR"})
@@ -400,7 +478,8 @@ def _check_report(client: DICOMwebClient, image: bytes, gateway: str, cohort: st
     findings = dciodvfy.validate(_part10(report))
     assert not findings.errors, findings.describe()
     answer = requests.post(f"{gateway}/api/v1/cohorts/{cohort}:compare", data=image, timeout=60,
-                           headers={"Content-Type": "application/dicom", "Accept": "application/json"})
+                           headers={"Content-Type": "application/dicom", "Accept": "application/json",
+                                    **issuer.headers()})
     assert answer.status_code == 200, answer.text
     compared = answer.json()
     expected = {m["model"]: m["probability"] for m in compared["models"]}
