@@ -65,7 +65,7 @@ def test_pods_run_hardened_and_only_the_gateway_reaches_the_model_server():
                              "capabilities": {"drop": ["ALL"]}}
         probe = pod["containers"][0]["readinessProbe"]
         assert "resnet50" not in json.dumps(probe) and "histopathology" not in json.dumps(probe)   # no model's name
-    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "tf-serving-from-gateway-only"]
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "tf-serving"}
     (rule,) = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}]
@@ -86,3 +86,29 @@ def test_the_thin_images_install_their_slice_of_the_lock(image):
     if image == "dicom-node":
         assert not names & {"flask", "grpcio", "protobuf", "waitress"}
     assert f"requirements-{image}.txt" in (ROOT / "docker" / f"{image}.Dockerfile").read_text()
+
+
+def test_nothing_is_anonymous_by_default_browsers_log_in_through_the_proxy():
+    """The Ingress sends every path to oauth2-proxy (the login path), which forwards the user's
+    token; the gateway checks tokens itself (GATEWAY_AUTH=oidc, the provider from the identity
+    ConfigMap), keeps an audit with the PHI key from a Secret file, and takes requests only from
+    the proxy and the DICOM node."""
+    kustomization = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in
+            (yaml.safe_load((ROOT / "k8s" / r).read_text()) for r in kustomization["resources"])}
+    ingress = docs[("Ingress", "bcimaging")]["spec"]
+    backends = {p["backend"]["service"]["name"] for rule in ingress["rules"] for p in rule["http"]["paths"]}
+    assert backends == {"oauth2-proxy"} and ingress["tls"]
+    proxy = docs[("Deployment", "oauth2-proxy")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--pass-authorization-header=true" in proxy and any(a.startswith("--upstream=http://gateway") for a in proxy)
+    gateway = docs[("Deployment", "gateway")]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in gateway["containers"][0]["env"]}
+    assert env["GATEWAY_AUTH"] == "oidc" and env["AUDIT_LOG"].startswith("/audit/")
+    assert env["BCIMAGING_PHI_KEY_FILE"].startswith("/secrets/") and "BCIMAGING_PHI_KEY" not in env
+    assert gateway["containers"][0]["envFrom"] == [{"configMapRef": {"name": "identity"}}]
+    assert {"OIDC_ISSUER", "OIDC_AUDIENCE"} <= set(docs[("ConfigMap", "identity")]["data"])
+    assert gateway["automountServiceAccountToken"] is False
+    allowed = docs[("NetworkPolicy", "gateway-from-proxy-and-node")]["spec"]["ingress"][0]["from"]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in allowed] == ["oauth2-proxy", "dicom-node"]
+    text = "".join((ROOT / "k8s" / r).read_text() for r in kustomization["resources"])
+    assert "--auth none" not in text and "GATEWAY_AUTH, value: none" not in text
