@@ -257,3 +257,39 @@ def test_a_secondary_capture_is_read_by_its_modality():
             data = buf.getvalue()
         with pytest.raises(dicom.WrongKind, match="Secondary Capture of Modality"):
             dicom.read(data, "mammography")
+
+
+def _lying_codestream(data: bytes, rows: int, cols: int) -> bytes:
+    """``data`` (one compressed frame) with its codestream's own dimensions changed to
+    rows x cols, the DICOM header untouched: JPEG 2000's SIZ (and its one tile), JPEG's SOF."""
+    import struct
+
+    from pydicom.encaps import encapsulate, get_frame
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    frame = bytearray(get_frame(ds.PixelData, 0, number_of_frames=1))
+    if (at := frame.find(b"\xff\x51")) >= 0:                            # SIZ: Xsiz, Ysiz, XTsiz, YTsiz
+        struct.pack_into(">II", frame, at + 6, cols, rows)
+        struct.pack_into(">II", frame, at + 22, cols, rows)
+    else:
+        at = next(frame.find(m) for m in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc3") if frame.find(m) >= 0)
+        struct.pack_into(">HH", frame, at + 5, rows, cols)              # SOF: Y, X
+    ds.PixelData = encapsulate([bytes(frame)])
+    return fx.part10(ds, ds.file_meta.TransferSyntaxUID)
+
+
+@pytest.mark.parametrize("syntax", [uid.JPEG2000Lossless, uid.JPEGBaseline8Bit])
+def test_a_codestream_that_disagrees_with_its_header_is_refused_before_it_is_decoded(syntax):
+    """The header says 64 x 64; the codestream, which the decoder sizes its output by, says
+    6000 x 6000. Refused from the codestream's header, at most +20 MB (decoding would cost 100+)."""
+    if syntax == uid.JPEG2000Lossless:
+        honest = fx.encode(pydicom.dcmread(io.BytesIO(fx.mammogram(np.full((64, 64), 700, np.uint16)))), syntax)
+    else:
+        honest = fx.ultrasound_jpeg(np.full((64, 64, 3), 90, np.uint8))
+    assert dicom.read(honest).image.pixels.shape[:2] == (64, 64)
+    bomb = _lying_codestream(honest, 6000, 6000)
+    assert len(bomb) < 6000
+    seconds, peak = cost(lambda: dicom.read(bomb))
+    reason = rejected(bomb)
+    assert "codestream declares 6000x6000" in reason and "header 64x64" in reason and "must agree" in reason
+    assert peak < 20_000_000 and seconds < 1.0, (seconds, peak)
