@@ -5,39 +5,17 @@ patients, files and UIDs leave it only as keyed pseudonyms (``components.core.ph
 from __future__ import annotations
 
 import collections
-import contextlib
-import logging
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from components.imaging import images
 from components.core import phi
+from components.imaging.quiet import quiet_pydicom
 from components.data.readers import RawItem, _visible_files, read_manifest
 
 UID_VALUE = re.compile(r"[0-9]+(\.[0-9]+)+")
-
-
-@contextlib.contextmanager
-def quiet_pydicom():
-    """pydicom's warnings and log lines quote header values and file paths ("Invalid value for
-    VR DA: '1970-01-01'", "... in file <path>"): around the DICOM reader they would carry PHI
-    into the step's logs, so they are dropped; the reader's own reasons say what went wrong.
-    Records of pydicom's child loggers (``pydicom.pixels...``) stop at the ``pydicom`` logger."""
-    logger = logging.getLogger("pydicom")
-    sink = logging.NullHandler()
-    disabled, propagate = logger.disabled, logger.propagate
-    logger.disabled, logger.propagate = True, False
-    logger.addHandler(sink)          # a handler found: Python's last-resort stderr handler stays out
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.removeHandler(sink)
-        logger.disabled, logger.propagate = disabled, propagate
 
 
 def uid_in(cell: str) -> str:

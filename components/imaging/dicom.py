@@ -40,6 +40,7 @@ from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, appl
 from pydicom.pixels.utils import as_pixel_options, get_expected_length
 
 from components.imaging import images
+from components.imaging.quiet import quiet_pydicom
 
 TRANSFER_SYNTAXES = frozenset({
     uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.ExplicitVRBigEndian, uid.RLELossless,
@@ -90,7 +91,8 @@ def read(data: bytes, modality: str | None = None, max_pixels: int = images.DEFA
     if modality is not None and modality not in {m for m, _ in IMAGE_CLASSES.values()}:
         raise WrongKind(OUT_OF_SCOPE.get(modality, f"DICOM is not read for {modality}"))
     try:
-        return _read(data, modality, max_pixels, max_bytes, frame, window)
+        with quiet_pydicom():         # its warnings quote header values: PHI
+            return _read(data, modality, max_pixels, max_bytes, frame, window)
     except DicomRejected:
         raise
     except Exception as e:     # fuzzed headers reach pydicom code paths that raise anything
