@@ -122,8 +122,37 @@ def to_bytes(sr: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
+class NonConformant(ValueError):
+    """An attribute the report copies from the image holds a value its VR does not allow; the
+    message names the attribute, never the value (it is PHI)."""
+
+    def __init__(self, keyword: str):
+        super().__init__(f"the image's {keyword} is not a conformant DICOM value")
+        self.keyword = keyword
+
+
+def check_copied(source: pydicom.Dataset) -> None:
+    """Every patient and study attribute the report copies is valid for its VR, or NonConformant."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    from components.imaging.quiet import quiet_pydicom
+
+    with quiet_pydicom():
+        for keyword in _TYPE2_FROM_SOURCE:
+            try:
+                element = source[keyword] if keyword in source else None
+                if element is not None and element.value not in (None, ""):
+                    values = element.value if element.VM > 1 else [element.value]
+                    for value in values:
+                        validate_value(element.VR, value, config.RAISE)
+            except Exception:
+                raise NonConformant(keyword) from None
+
+
 def _evidence_header(source: pydicom.Dataset) -> pydicom.Dataset:
     """A copy of the image header without pixels, its empty Type 2 attributes present."""
+    check_copied(source)
     missing = [k for k in _REQUIRED_FROM_SOURCE if not source.get(k)]
     if missing:
         raise ValueError(f"the source image has no {', '.join(missing)}")

@@ -181,8 +181,12 @@ def dicom_report(deployed: Deployed, upload: Upload, answers: list[dict], ensemb
         results.append(dicom_sr.ModelResult(
             ensemble_["model"], None, entry.get("id", ""), ensemble_["probability"], ensemble_["threshold"],
             bool(ensemble_["label"]), tuple(f"{a['model']}:{a['version']}" for a in answers if "version" in a)))
-    return dicom_sr.to_bytes(dicom_sr.build_sr(upload.dicom, results, manufacturer=MANUFACTURER,
-                                               software_version=_software_version()))
+    try:
+        return dicom_sr.to_bytes(dicom_sr.build_sr(upload.dicom, results, manufacturer=MANUFACTURER,
+                                                   software_version=_software_version()))
+    except dicom_sr.NonConformant as e:
+        raise UploadError(422, f"{e}, so no DICOM report can be made on it (the value is not repeated here); "
+                               "accept application/json for the answer alone") from None
 
 
 def _card_sha256(deployed: Deployed, name: str, version: int) -> str:

@@ -205,3 +205,26 @@ def test_the_v2_dicom_sr_extension_returns_the_report_as_an_output(stack):
     png = {**body, "inputs": [{**body["inputs"][0], "data": [base64.b64encode(_png(fx.sonogram(64, 64))).decode()]}]}
     refused = stack.post(f"/v2/models/{ULTRASOUND[0]}/infer", json=png)
     assert refused.status_code == 406 and "DICOM" in refused.json["error"]
+
+
+def test_a_non_conformant_value_is_a_422_naming_the_attribute_never_its_value(stack, caplog, capfd):
+    """An image whose Patient's Birth Date is no date: its SR cannot be made. The answer names the
+    attribute; neither the answer nor any log line nor stderr repeats the value (PHI). The JSON
+    answer, which copies nothing from the header, still comes."""
+    import logging
+    import warnings
+
+    secret = "1961-0X-BRN"                    # not a DA value: YYYYMMDD
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # pydicom warns when the fixture sets it
+        us = fx.ultrasound(PatientBirthDate=secret)
+    caplog.set_level(logging.DEBUG)
+    capfd.readouterr()
+    refused = stack.post(f"/api/v1/models/{ULTRASOUND[0]}:predict", data=us, content_type="application/dicom",
+                         headers={"Accept": "application/dicom"})
+    assert refused.status_code == 422 and "PatientBirthDate is not a conformant DICOM value" in refused.json["error"]
+    answered = stack.post(f"/api/v1/models/{ULTRASOUND[0]}:predict", data=us, content_type="application/dicom")
+    assert answered.status_code == 200
+    out, err = capfd.readouterr()
+    for where in (refused.get_data(as_text=True), caplog.text, out, err):
+        assert secret not in where and "0X-BRN" not in where
