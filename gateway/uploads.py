@@ -89,7 +89,7 @@ def _decode(data: bytes, max_pixels: int, modality: str | None) -> tuple[images.
             read = dicom.read(data, modality, max_pixels)
             return read.image, read.dataset
         return images.decode(data, max_pixels), None
-    except dicom.WrongKind as e:
+    except (dicom.WrongKind, dicom.CodestreamDisagrees) as e:
         raise UploadError(422, f"{e}. {ACCEPTED}") from None
     except images.ImageRejected as e:
         reason = str(e)

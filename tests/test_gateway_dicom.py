@@ -228,3 +228,11 @@ def test_a_non_conformant_value_is_a_422_naming_the_attribute_never_its_value(st
     out, err = capfd.readouterr()
     for where in (refused.get_data(as_text=True), caplog.text, out, err):
         assert secret not in where and "0X-BRN" not in where
+
+
+def test_a_codestream_that_disagrees_with_its_header_is_a_422_saying_what_disagreed(stack):
+    from tests.test_dicom import _lying_codestream
+
+    bomb = _lying_codestream(fx.ultrasound_jpeg(np.full((64, 64, 3), 90, np.uint8)), 6000, 6000)
+    answer = stack.post(f"/api/v1/models/{ULTRASOUND[0]}:predict", data=bomb, content_type="application/dicom")
+    assert answer.status_code == 422 and "codestream declares 6000x6000" in answer.json["error"]

@@ -7,10 +7,9 @@ TRANSFER_SYNTAXES, from the file meta alone (pydicom inflates a Deflated body wh
 check could run: 66 KB become 100 MB); a SOP class or Modality outside IMAGE_CLASSES or the asked
 modality's (an SR, another modality's image; histopathology's whole-slide DICOM is out of scope):
 ``WrongKind``; dimensions x frames over the pixel or byte budget, pixel data shorter than the
-header declares, invalid UIDs, a compressed frame whose codestream declares other dimensions,
-components or bit depth than the header (a decoder allocates what its codestream says: an
-890-byte JPEG 2000 file whose header says 64 x 64 and whose SIZ marker says 6000 x 6000 would
-cost 100+ MB): before any pixel is decoded.
+header declares, invalid UIDs, a compressed frame whose codestream declares other dimensions
+than the header (``components.imaging.codestream``: ``CodestreamDisagrees``): before any pixel is
+decoded.
 
 The pixel path is the standard's (PS3.3 C.11, C.7.6.3): Modality LUT (sequence, or Rescale
 Slope/Intercept), VOI (the VOI LUT Sequence, else window ``window``: LINEAR, LINEAR_EXACT,
@@ -39,7 +38,7 @@ from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, appl
                             get_decoder)
 from pydicom.pixels.utils import as_pixel_options, get_expected_length
 
-from components.imaging import images
+from components.imaging import codestream, images
 from components.imaging.quiet import quiet_pydicom
 
 TRANSFER_SYNTAXES = frozenset({
@@ -66,6 +65,10 @@ UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 class DicomRejected(images.ImageRejected):
     """The bytes are no DICOM image this product can read; ``str(e)`` is the reason."""
+
+
+class CodestreamDisagrees(DicomRejected):
+    """A compressed frame's codestream declares other dimensions than the header (a 422)."""
 
 
 class WrongKind(DicomRejected):
@@ -118,7 +121,12 @@ def _read(data, modality, max_pixels, max_bytes, frame, window) -> DicomImage:
     index = frames // 2 if frame is None else frame
     if not 0 <= index < frames:
         raise DicomRejected(f"frame {index} does not exist: the instance has {frames} frame(s)")
-    _check_codestream(ds, meta.TransferSyntaxUID, index, frames)
+    try:
+        codestream.check(ds, meta.TransferSyntaxUID, index, frames)
+    except codestream.Disagrees as e:
+        raise CodestreamDisagrees(str(e)) from None
+    except codestream.Unreadable as e:
+        raise DicomRejected(str(e)) from None
     pixels, photometric = _decode(ds, meta.TransferSyntaxUID, index, frames)
     if not pixels.dtype.isnative:     # Explicit VR Big Endian: the lookup tables are native
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
@@ -208,47 +216,6 @@ def _check_size(ds: pydicom.Dataset, syntax: uid.UID, max_pixels: int, max_bytes
         raise DicomRejected(f"truncated DICOM pixel data: {len(ds.PixelData):,} bytes, "
                             f"the header declares {expected:,}")
     return frames
-
-
-JPEG_2000 = frozenset({uid.JPEG2000Lossless, uid.JPEG2000})
-
-
-def codestream_parameters(frame: bytes, syntax: uid.UID) -> tuple[int, int, int, int] | None:
-    """(rows, columns, components, bits) a JPEG, JPEG-LS or JPEG 2000 frame declares in its own
-    header (SOF / SOF55 / SIZ), read without decoding; None when it has none to read."""
-    if syntax in JPEG_2000:
-        import openjpeg
-
-        p = openjpeg.get_parameters(frame)
-        return int(p["rows"]), int(p["columns"]), int(p["samples_per_pixel"]), int(p["precision"])
-    from pydicom.pixels.utils import _get_jpg_parameters      # pydicom's own SOF reader
-
-    p = _get_jpg_parameters(frame)
-    return (p["height"], p["width"], p["components"], p["precision"]) if "height" in p else None
-
-
-def _check_codestream(ds: pydicom.Dataset, syntax: uid.UID, index: int, frames: int) -> None:
-    """A compressed frame must declare, in its own codestream, the header's rows, columns and
-    samples, and a precision from the header's Bits Stored to its Bits Allocated (encoders such
-    as GDCM write 16 for 12 bits stored in 16): a decoder sizes its output by the codestream, so
-    within these the output is what the budgets were checked against."""
-    if not syntax.is_compressed or syntax == uid.RLELossless:     # RLE carries no dimensions of its own
-        return
-    try:
-        frame = get_frame(ds.PixelData, index, number_of_frames=frames)
-        declared = codestream_parameters(frame, syntax)
-    except Exception as e:
-        raise DicomRejected(f"corrupt {syntax.name} pixel data: its codestream header cannot be read "
-                            f"({type(e).__name__})") from None
-    if declared is None:
-        raise DicomRejected(f"corrupt {syntax.name} pixel data: the frame has no codestream header")
-    rows, cols, samples, bits = declared
-    stored, allocated = int(ds.BitsStored), int(ds.BitsAllocated)
-    if (rows, cols, samples) != (int(ds.Rows), int(ds.Columns), int(ds.SamplesPerPixel)) \
-            or not stored <= bits <= allocated:
-        raise DicomRejected(f"the {syntax.name} codestream declares {cols}x{rows} with {samples} component(s) of "
-                            f"{bits} bits, the DICOM header {ds.Columns}x{ds.Rows} with {ds.SamplesPerPixel} of "
-                            f"{stored} stored in {allocated}: they must agree")
 
 
 def _decode(ds: pydicom.Dataset, syntax: uid.UID, index: int, frames: int) -> tuple[np.ndarray, str]:
