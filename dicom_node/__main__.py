@@ -50,10 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sender", action="append", default=[], metavar="AET[=HOST[,HOST]]",
                     help="a PACS or modality that may C-STORE to the node, by calling AE title, optionally only from "
                          "these addresses (repeatable; at least one: unknown senders are rejected at association)")
-    ap.add_argument("--auth", choices=("oidc", "none"), default=os.environ.get("NODE_AUTH", "oidc"),
-                    help="oidc: STOW-RS needs a bearer token and the node presents its own to the gateway; none: "
-                         "neither, for local development on loopback only (env NODE_AUTH)")
-    identity.add_arguments(ap, os.environ)
+    identity.add_door_arguments(ap, os.environ, "NODE_AUTH", "STOW-RS needs a bearer token and the node presents "
+                                                             "its own to the gateway")
     ap.add_argument("--client-id", default=os.environ.get("NODE_CLIENT_ID"),
                     help="the node's client id at the identity provider; it asks the gateway with its own token "
                          "(OAuth2 client credentials; env NODE_CLIENT_ID)")
@@ -64,11 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pacs-auth", default=os.environ.get("PACS_AUTH"),
                     help="credentials for a DICOMweb PACS: basic:USER:PASSWORD_FILE, bearer:TOKEN_FILE, or none "
                          "(anonymous, said explicitly; env PACS_AUTH)")
-    ap.add_argument("--audit-log", default=os.environ.get("AUDIT_LOG"),
-                    help="the access audit: one hash-chained event per instance received (env AUDIT_LOG; required "
-                         "with --auth oidc)")
-    ap.add_argument("--phi-key-file", help=f"the PHI key that pseudonymizes studies and instances in the audit "
-                                           f"(else env {phi.KEY_FILE_ENV} or {phi.KEY_ENV})")
     return ap
 
 

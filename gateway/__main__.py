@@ -43,15 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds then allowed for requests in flight to finish")
     ap.add_argument("--canary-percent", type=float, default=float(os.environ.get("CANARY_PERCENT", 0.0)),
                     help="share of a model's predictions sent to its canary version, when it has one (default 0)")
-    ap.add_argument("--auth", choices=("oidc", "none"), default=os.environ.get("GATEWAY_AUTH", "oidc"),
-                    help="oidc: every request but the probes carries a bearer token from the identity provider; "
-                         "none: no identity at all, for local development on loopback only (env GATEWAY_AUTH)")
-    identity.add_arguments(ap, os.environ)
-    ap.add_argument("--audit-log", default=os.environ.get("AUDIT_LOG"),
-                    help="the access audit: hash-chained JSON lines, one event per request touching an image or a "
-                         "result (env AUDIT_LOG; required with --auth oidc)")
-    ap.add_argument("--phi-key-file", help=f"the PHI key that pseudonymizes studies and instances in the audit "
-                                           f"(else env {phi.KEY_FILE_ENV} or {phi.KEY_ENV})")
+    identity.add_door_arguments(ap, os.environ, "GATEWAY_AUTH", "every request but the probes carries a bearer token "
+                                                                "from the identity provider")
     ap.add_argument("--rate-limit", default=os.environ.get("RATE_LIMIT", "120/minute"),
                     help="predictions per subject, e.g. 120/minute (env RATE_LIMIT)")
     ap.add_argument("--rate-limit-storage", default=os.environ.get("RATE_LIMIT_STORAGE", "memory://"),

@@ -193,6 +193,21 @@ def add_arguments(parser, environ: Mapping[str, str]) -> None:
                        help="the provider's CA certificate, when it is not in the system store (env OIDC_CA_FILE)")
 
 
+def add_door_arguments(parser, environ: Mapping[str, str], auth_env: str, what: str) -> None:
+    """The options every door shares: whether it checks tokens (``--auth``, from ``auth_env``),
+    the identity provider, the access audit and the PHI key its pseudonyms are made with."""
+    from components.core import phi
+
+    parser.add_argument("--auth", choices=("oidc", "none"), default=environ.get(auth_env, "oidc"),
+                        help=f"oidc: {what}; none: no identity at all, for local development on loopback only "
+                             f"(env {auth_env})")
+    add_arguments(parser, environ)
+    parser.add_argument("--audit-log", default=environ.get("AUDIT_LOG"),
+                        help="the access audit: hash-chained JSON lines (env AUDIT_LOG; required with --auth oidc)")
+    parser.add_argument("--phi-key-file", help=f"the PHI key that pseudonymizes studies and instances in the audit "
+                                               f"(else env {phi.KEY_FILE_ENV} or {phi.KEY_ENV})")
+
+
 def config_from(args) -> IdentityConfig:
     if not args.oidc_issuer or not args.oidc_audience:
         raise ValueError("give the identity provider: --oidc-issuer and --oidc-audience (or OIDC_ISSUER and "

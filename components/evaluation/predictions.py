@@ -72,6 +72,6 @@ def by_id(evaluation_dir: Path) -> tuple[str, dict[str, tuple[int, float]]]:
 
 def groups_of(evaluation_dir: Path, ids: list[str]) -> list[str]:
     """The cluster (patient or near-duplicate group) of each record, in the order of ``ids``."""
-    scored = read(Path(evaluation_dir) / artifacts.PREDICTIONS)
-    group = dict(zip(scored.ids, groups(evaluation_dir)))
+    rows = _rows(Path(evaluation_dir) / artifacts.PREDICTIONS)
+    group = {r["source_id"]: r.get("group") or r["patient_id"] for r in rows}
     return [group[i] for i in ids]
