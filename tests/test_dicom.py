@@ -222,7 +222,8 @@ def test_a_cut_codestream_is_refused_quickly(syntax):
 
 
 def test_a_uid_with_a_path_in_it_is_refused():
-    assert "invalid SOPInstanceUID '../../etc/passwd'" in rejected(fx.traversal_uid())
+    reason = rejected(fx.traversal_uid())
+    assert "invalid SOPInstanceUID" in reason and "passwd" not in reason
 
 
 def test_a_full_size_mammogram_makes_no_float_copy_of_itself():

@@ -144,7 +144,7 @@ def cbis(tmp_path):
         ds.SOPInstanceUID = "1.2.840.PID-12345.7"
         data = fx.part10(ds, uid.ExplicitVRLittleEndian)
     where = bad_file(data, "Mass-Training_P_00001_LEFT_ML", patient="P_00001")
-    reasons[where] = f"{where}: invalid SOPInstanceUID <withheld>"
+    reasons[where] = f"{where}: invalid SOPInstanceUID (a UID is digits"
     (folder.root / "LICENSE.txt").write_text("not a DICOM file, and listed nowhere\n")
     folder.write_csvs()
     return folder, expected, reasons

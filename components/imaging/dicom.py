@@ -188,7 +188,8 @@ def _check_uids(ds: pydicom.Dataset) -> None:
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
         value = str(ds.get(keyword) or "")
         if len(value) > 64 or not UID_PATTERN.fullmatch(value):
-            raise DicomRejected(f"invalid {keyword} {value[:70]!r} (a UID is digits and dots, at most 64 characters)")
+            # the value is not repeated: an error body or log line must never carry a UID
+            raise DicomRejected(f"invalid {keyword} (a UID is digits and dots, at most 64 characters)")
 
 
 def _check_size(ds: pydicom.Dataset, syntax: uid.UID, max_pixels: int, max_bytes: int) -> int:
