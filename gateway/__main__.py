@@ -5,7 +5,8 @@ Why waitress and not gunicorn's threads: a thread worker reads a request's body 
 clients trickling uploads held all 2 x 8 threads and ``/healthz`` stopped answering (the
 liveness probe would then kill the pod). Waitress reads every request, body included, in one
 asynchronous I/O loop and hands a thread only a complete request; slow clients cost a buffer
-each (in memory up to ``inbuf_overflow``, spooled beyond), bounded by ``connection_limit``.
+each, bounded by ``connection_limit``. Bodies are held in memory only, within a byte budget
+(components.core.http): an uploaded image never reaches the disk.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=8, help="requests handled at once (each holds one)")
     ap.add_argument("--connection-limit", type=int, default=256,
                     help="open connections at most; slow clients hold a connection, not a thread")
+    ap.add_argument("--body-budget-mb", type=int, default=int(os.environ.get("BODY_BUDGET_MB", 256)),
+                    help="request bodies held in memory at once, in MB (never spooled to disk); beyond it a "
+                         "request is answered 503 with Retry-After (env BODY_BUDGET_MB)")
     ap.add_argument("--drain-delay", type=float, default=5.0,
                     help="seconds /readyz answers 503 after SIGTERM before the gateway stops taking requests")
     ap.add_argument("--drain-timeout", type=float, default=25.0,
@@ -53,16 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def server(config: GatewayConfig, host: str, port: int, threads: int = 8, connection_limit: int = 256):
-    """(app, waitress server) for the gateway (``.run()`` serves, ``.close()`` stops; port 0 picks one)."""
-    from waitress import create_server
+def server(config: GatewayConfig, host: str, port: int, threads: int = 8, connection_limit: int = 256,
+           body_budget_bytes: int = 256 << 20):
+    """(app, waitress server) for the gateway (``.run()`` serves, ``.close()`` stops; port 0 picks one).
+    Request bodies stay in memory, ``body_budget_bytes`` of them at once (components.core.http)."""
+    from components.core import http
 
     app = create_app(config)
-    return app, create_server(app, host=host, port=port, threads=threads, connection_limit=connection_limit,
-                         max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
-                         channel_timeout=30,           # a connection silent for 30 s is closed
-                         asyncore_use_poll=True,       # select() stops at 1024 descriptors
-                         ident="gateway")              # no server version in the Server header
+    return app, http.create_server(app, body_budget_bytes, app.config["MAX_CONTENT_LENGTH"], host=host, port=port,
+                                   threads=threads, connection_limit=connection_limit,
+                                   channel_timeout=30,           # a connection silent for 30 s is closed
+                                   asyncore_use_poll=True,       # select() stops at 1024 descriptors
+                                   ident="gateway")              # no server version in the Server header
 
 
 def config_from(args) -> GatewayConfig:
@@ -80,7 +86,7 @@ def _run(args, _):
     if args.auth == "none" and not identity.loopback(args.host):
         raise cli.UserError(f"--auth none serves without any identity check: it binds loopback only, not {args.host}")
     config = config_from(args)
-    app, http = server(config, args.host, args.port, args.threads, args.connection_limit)
+    app, http = server(config, args.host, args.port, args.threads, args.connection_limit, args.body_budget_mb << 20)
     shared = app.extensions["gateway"]
 
     def drain():

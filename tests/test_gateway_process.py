@@ -217,3 +217,90 @@ def test_concurrent_uploads_decode_at_most_max_decodes_at_once(tmp_path, issuer)
     finally:
         images.decode = decode
     assert peak[0] == 2 and len(set(sizes)) == 1
+
+
+def _deleted_files_open() -> list[str]:
+    """Files this process holds open that are already unlinked: how a spooled body looks (waitress
+    and the tempfile module unlink a temporary file as they create it)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith("(deleted)") and not target.startswith(("/memfd:", "/dev/")):
+            found.append(target)
+    return found
+
+
+def _start_upload(port: int, size: int, headers: dict) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    s.sendall(f"POST /api/v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+              f"Content-Length: {size}\r\n{head}\r\n".encode())
+    return s
+
+
+def _answer(s: socket.socket) -> tuple[int, str]:
+    s.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    return int(head.split()[1]), head
+
+
+def test_a_large_upload_is_held_in_memory_and_never_written_to_disk(tmp_path, issuer):
+    """Waitress spooled every body over 512 KB to a temporary file: an uploaded mammogram on the
+    node's disk, while the pages say images are never stored."""
+    _, http = server(gateway_config(issuer, tmp_path, f"127.0.0.1:{free_port()}"), "127.0.0.1", 0, threads=2)
+    threading.Thread(target=http.run, daemon=True).start()
+    size, before = 8 << 20, set(_deleted_files_open())
+    try:
+        s = _start_upload(http.effective_port, size, issuer.headers(("clinician",)))
+        s.sendall(b"\x89PNG" + b"\x00" * (6 << 20))          # 6 MB of 8 received: held by waitress
+        time.sleep(0.5)
+        assert http.budget.used == size
+        assert set(_deleted_files_open()) == before
+        s.sendall(b"\x00" * (size - 4 - (6 << 20)))
+        status, _ = _answer(s)
+        assert status == 404                                   # no such model here; the body was read whole
+        s.close()
+        assert set(_deleted_files_open()) == before
+    finally:
+        http.close()
+
+
+def test_uploads_beyond_the_memory_budget_get_503_with_retry_after_and_the_budget_comes_back(tmp_path, issuer):
+    budget = 20 << 20
+    _, http = server(gateway_config(issuer, tmp_path, f"127.0.0.1:{free_port()}"), "127.0.0.1", 0, threads=2,
+                     body_budget_bytes=budget)
+    threading.Thread(target=http.run, daemon=True).start()
+    port, auth = http.effective_port, issuer.headers(("clinician",))
+    try:
+        held = [_start_upload(port, 8 << 20, auth) for _ in range(2)]      # 16 MB of 20 promised, bodies pending
+        time.sleep(0.3)
+        assert http.budget.used == 16 << 20
+        third = _start_upload(port, 8 << 20, auth)
+        status, head = _answer(third)
+        assert status == 503 and "Retry-After: 5" in head, head
+        third.close()
+        small = _start_upload(port, 1 << 20, auth)                          # what fits is still taken
+        small.sendall(b"\x00" * (1 << 20))
+        assert _answer(small)[0] == 404
+        small.close()
+        for s in held:                                                      # clients gone mid-body
+            s.close()
+        deadline = time.monotonic() + 5
+        while http.budget.used and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http.budget.used == 0
+        again = _start_upload(port, 8 << 20, auth)
+        again.sendall(b"\x00" * (8 << 20))
+        assert _answer(again)[0] == 404
+        again.close()
+    finally:
+        http.close()
