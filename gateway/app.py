@@ -29,6 +29,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
+    # browsers keep to HTTPS for a year once they have seen this over TLS (ignored over plain HTTP)
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
 }
 
 

@@ -16,7 +16,7 @@ from components.core.identity import IdentityConfig
 from components.imaging import inputstats
 from gateway.access import note_upload
 from gateway.deployed import Deployed
-from gateway.uploads import Upload, prepare, read_image
+from gateway.uploads import JsonLimits, Upload, parse_json, prepare, read_image
 from serving.client import ServingClient
 
 
@@ -26,6 +26,7 @@ class GatewayConfig:
     serving: str = "127.0.0.1:8500"
     max_upload_bytes: int = 48 * 1024 * 1024    # an uncompressed full-field mammogram (DICOM) is ~27 MB
     max_pixels: int = 40_000_000           # 20000x20000 PNGs (decompression bombs) are refused
+    json_limits: JsonLimits = JsonLimits()  # a JSON body's bytes and values (gateway.uploads.JsonLimits)
     deadline_s: float = 5.0
     retries: int = 2
     max_decodes: int = 2                   # images decoded at once per process (memory, not speed)
@@ -114,9 +115,15 @@ class GatewayState:
         upload must be an image of that modality); at most ``max_decodes`` decode at once, so
         concurrent large uploads cannot multiply the decode memory."""
         with self.decodes:
-            upload = read_image(request, self.config.max_upload_bytes, self.config.max_pixels, model_size, modality)
+            upload = read_image(request, self.config.max_upload_bytes, self.config.max_pixels, model_size, modality,
+                                self.config.json_limits)
         note_upload(upload)
         return upload
+
+    def read_json(self, data: bytes):
+        """A JSON request body parsed within its limits, in the bounded section (as a decode)."""
+        with self.decodes:
+            return parse_json(data, self.config.json_limits)
 
     def prepare_image(self, data: bytes, model_size: int | None = None, modality: str | None = None) -> Upload:
         """As read_upload, for image bytes that came another way (the v2 protocol's tensors)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 from dataclasses import dataclass
 
 import pydicom
@@ -60,11 +61,41 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
+@dataclass(frozen=True)
+class JsonLimits:
+    """What a JSON body may cost. Parsing costs about 25 times the body's size when it is made of
+    many small values (a 3 MB body of empty arrays: +75 MB), so both its size and its number of
+    values are bounded before it is parsed. The largest legitimate JSON body is an OIP request of
+    16 base64 ultrasound images of about 1 MB each (~22 MB), or one image of up to 18 MB: larger
+    images go as multipart, application/dicom or OIP binary data. A request's values are a few
+    dozen; each base64 string is one value, however long."""
+    max_bytes: int = 24 << 20
+    max_values: int = 10_000
+
+
+def parse_json(data: bytes, limits: JsonLimits):
+    """``data`` parsed, or UploadError (413 too large, 400 too many values, malformed, too deep).
+    Every value after the first follows a ``,`` or ``:`` or opens with ``[``/``{``, so counting
+    those bytes (base64 has none) bounds the objects the parser can build, before it builds any."""
+    if len(data) > limits.max_bytes:
+        raise UploadError(413, f"the JSON body is {len(data):,} bytes; the limit is {limits.max_bytes:,} (send "
+                               "larger images as multipart/form-data, application/dicom or OIP binary data)")
+    values = sum(data.count(c) for c in (b",", b":", b"[", b"{"))
+    if values > limits.max_values:
+        raise UploadError(400, f"the JSON body holds more than {limits.max_values:,} values; a request needs a few")
+    try:
+        return json.loads(data)
+    except RecursionError:               # e.g. 10,000 nested "[": deeper than any real body
+        raise UploadError(400, "the JSON body is nested too deeply") from None
+    except ValueError:
+        raise UploadError(400, "the body is not valid JSON") from None
+
+
 def read_image(request: Request, max_bytes: int, max_pixels: int, model_size: int | None = None,
-               modality: str | None = None) -> Upload:
+               modality: str | None = None, json_limits: JsonLimits = JsonLimits()) -> Upload:
     """The uploaded image as 8-bit PNG bytes for a model of input ``model_size`` and
     ``modality`` (and its statistics), or UploadError saying what was wrong."""
-    return prepare(_raw_bytes(request), max_bytes, max_pixels, model_size, modality)
+    return prepare(_raw_bytes(request, json_limits), max_bytes, max_pixels, model_size, modality)
 
 
 def prepare(data: bytes, max_bytes: int, max_pixels: int, model_size: int | None = None,
@@ -97,7 +128,7 @@ def _decode(data: bytes, max_pixels: int, modality: str | None) -> tuple[images.
         raise UploadError(status, f"{reason}. {ACCEPTED}") from None
 
 
-def _raw_bytes(request: Request) -> bytes:
+def _raw_bytes(request: Request, json_limits: JsonLimits) -> bytes:
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("image")
         if upload is None:
@@ -108,10 +139,7 @@ def _raw_bytes(request: Request) -> bytes:
     if request.mimetype == DICOM_TYPE:        # a Part 10 file as the whole body
         return request.get_data(cache=False)
     if request.is_json:
-        try:
-            body = request.get_json(silent=True)
-        except RecursionError:               # e.g. 100,000 nested "[": deeper than any real body
-            raise UploadError(400, "the JSON body is nested too deeply") from None
+        body = parse_json(request.get_data(cache=False), json_limits)
         if not isinstance(body, dict) or not isinstance(body.get("image"), dict) or "b64" not in body["image"]:
             raise UploadError(400, 'the JSON body must be {"image": {"b64": "<base64 of the image file>"}}')
         try:

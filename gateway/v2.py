@@ -141,10 +141,7 @@ def _read_request() -> tuple[dict, bytes]:
         header, binary = body[:int(length)], body[int(length):]
     else:
         header, binary = body, b""
-    try:
-        parsed = json.loads(header)
-    except (ValueError, RecursionError):
-        raise BadRequest("the request is not valid JSON (an OIP inference request object)") from None
+    parsed = current().read_json(header)
     if not isinstance(parsed, dict):
         raise BadRequest("the request must be a JSON object")
     return parsed, binary

@@ -298,11 +298,41 @@ def test_a_malformed_card_is_skipped_and_named_not_a_500_everywhere(stack, pipel
 
 def test_security_headers_and_a_deeply_nested_json_body(stack):
     """Regression: no CSP, X-Content-Type-Options or X-Frame-Options headers, and 100,000
-    nested "[" in a JSON body answered 500."""
+    nested "[" in a JSON body answered 500 (now refused by their count, 5,000 by their depth)."""
     c = stack["client"]
     for path in ("/", "/results", "/api/v1/models"):
         headers = c.get(path).headers
         assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], path
         assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
-    nested = c.post(f"/api/v1/models/{NAME}:predict", data="[" * 100_000, content_type="application/json")
+        assert headers["Strict-Transport-Security"].startswith("max-age=")
+    nested = c.post(f"/api/v1/models/{NAME}:predict", data="[" * 5_000, content_type="application/json")
     assert nested.status_code == 400 and "nested too deeply" in nested.json["error"]
+    many = c.post(f"/api/v1/models/{NAME}:predict", data="[" * 100_000, content_type="application/json")
+    assert many.status_code == 400 and "values" in many.json["error"]
+
+
+def _peak(call) -> tuple[object, int]:
+    """(result, peak bytes traced by tracemalloc) of one call."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_json_body_of_many_small_values_is_refused_before_it_is_parsed(stack):
+    """3 MB of empty arrays cost +75 MB to parse (25 times its size); the JSON limits refuse it
+    from a count of its separators, and a body over the JSON size limit from its length."""
+    app = create_app(gateway_config(stack["issuer"], stack["root"], f"127.0.0.1:{stack['server'].port}"))
+    c = signed_in(app.test_client(), stack["issuer"])
+    amplifier = b'{"image": {"b64": [' + b"[]," * 1_000_000 + b"[]]}}"
+    for path in (f"/api/v1/models/{NAME}:predict", f"/v2/models/{NAME}/infer"):
+        answer, peak = _peak(lambda: c.post(path, data=amplifier, content_type="application/json"))
+        assert answer.status_code == 400 and "values" in answer.json["error"], answer.json
+        assert peak < 4 * len(amplifier) + 5_000_000, f"{path}: {peak / 1e6:.0f} MB for a 3 MB body"
+    huge = b'{"image": {"b64": "' + b"A" * (25 << 20) + b'"}}'
+    answer, peak = _peak(lambda: c.post(f"/api/v1/models/{NAME}:predict", data=huge, content_type="application/json"))
+    assert answer.status_code == 413 and "JSON body" in answer.json["error"]
