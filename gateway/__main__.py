@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from components.core import cli, identity, phi
+from components.core import cli, identity, phi, tls
 from gateway.app import GatewayConfig, create_app
 
 log = logging.getLogger("gateway")
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model repository folder (env MODEL_REPO)")
     ap.add_argument("--serving", default=os.environ.get("SERVING_ADDRESS", "127.0.0.1:8500"),
                     help="model server gRPC address (env SERVING_ADDRESS)")
+    tls.add_arguments(ap, os.environ, "serving-tls", "SERVING_TLS", "the model server over TLS: this gateway's")
     ap.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 in a container)")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--deadline", type=float, default=float(os.environ.get("PREDICT_DEADLINE_S", 5.0)),
@@ -72,7 +73,8 @@ def server(config: GatewayConfig, host: str, port: int, threads: int = 8, connec
 
 
 def config_from(args) -> GatewayConfig:
-    return GatewayConfig(Path(args.model_repo), args.serving, deadline_s=args.deadline,
+    return GatewayConfig(Path(args.model_repo), args.serving, tls.from_arguments(args, "serving-tls"),
+                         deadline_s=args.deadline,
                          canary_percent=args.canary_percent,
                          auth=identity.config_from(args) if args.auth == "oidc" else "none",
                          audit_log=Path(args.audit_log) if args.audit_log else None,

@@ -13,6 +13,7 @@ from flask import Flask, current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from components.core.identity import IdentityConfig
+from components.core.tls import TLSFiles
 from components.imaging import inputstats
 from gateway.access import note_upload
 from gateway.deployed import Deployed
@@ -24,6 +25,7 @@ from serving.client import ServingClient
 class GatewayConfig:
     model_repo: Path
     serving: str = "127.0.0.1:8500"
+    serving_tls: TLSFiles | None = None    # the model server over TLS (its CA; this gateway's certificate for mTLS)
     max_upload_bytes: int = 48 * 1024 * 1024    # an uncompressed full-field mammogram (DICOM) is ~27 MB
     max_pixels: int = 40_000_000           # 20000x20000 PNGs (decompression bombs) are refused
     json_limits: JsonLimits = JsonLimits()  # a JSON body's bytes and values (gateway.uploads.JsonLimits)
@@ -148,7 +150,7 @@ class GatewayState:
 
 
 def init_app(app: Flask, config: GatewayConfig) -> GatewayState:
-    client = ServingClient(config.serving, config.deadline_s, config.retries)
+    client = ServingClient(config.serving, config.deadline_s, config.retries, tls=config.serving_tls)
     state = GatewayState(config, Deployed(config.model_repo, config.repository_refresh_s), client, Metrics(),
                          threading.BoundedSemaphore(config.max_decodes), Router(config.canary_percent, config.canary_seed))
     app.extensions["gateway"] = state

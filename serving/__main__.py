@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
-from components.core import cli
+from components.core import cli, tls
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model-repo", required=True)
     pr.add_argument("--reason", required=True, help="why (recorded)")
     pr.add_argument("--serving", help="model server host:port: promote only once the version is AVAILABLE there")
+    tls.add_arguments(pr, os.environ, "serving-tls", "SERVING_TLS", "the model server over TLS: this client's")
     pr.add_argument("--base-path")
     rb = sub.add_parser("rollback", help="undo the last roll-out: drop the canary, else stable back to the one before")
     rb.add_argument("model")
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 in a container)")
     s.add_argument("--poll-seconds", type=float, default=2.0)
     s.add_argument("--no-batching", action="store_true")
+    tls.add_arguments(s, os.environ, "tls", "SERVING_SERVER_TLS", "the gRPC port over TLS: the server's")
     c = sub.add_parser("configs", help="rewrite models.config and batching.config from what the repository holds")
     c.add_argument("--model-repo", required=True)
     c.add_argument("--base-path")
@@ -75,7 +78,7 @@ def _run(args, _):
     elif args.command == "promote":
         evidence = {}
         if args.serving:
-            evidence = available_on(args.serving, args.model, args.version)
+            evidence = available_on(args.serving, args.model, args.version, tls.from_arguments(args, "serving-tls"))
         entry = repository.promote(args.model_repo, args.model, args.version, args.reason, evidence, base_path=args.base_path)
         print(f"{args.model}: stable {entry['from']} -> {entry['to']} ({args.reason})")
     elif args.command == "rollback":
@@ -89,10 +92,11 @@ def _run(args, _):
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         server = Server(args.model_repo, args.port, args.host, args.poll_seconds, not args.no_batching,
-                        rest_port=args.rest_port)
+                        rest_port=args.rest_port, tls=tls.from_arguments(args, "tls"))
         loaded = {name: sorted(v) for name, v in server.store.loaded.items()}
         rest = f", REST API on {args.host}:{server.rest_port}" if server.rest_port else ""
-        print(f"serving {len(loaded)} model(s) on {args.host}:{server.port} (TensorFlow Serving gRPC API{rest}): "
+        secure = " over TLS" if args.tls_cert else ""
+        print(f"serving {len(loaded)} model(s) on {args.host}:{server.port} (TensorFlow Serving gRPC API{secure}{rest}): "
               f"{loaded}", flush=True)
         server.wait()
 
@@ -111,11 +115,11 @@ def describe(root, model: str, last: int = 10) -> str:
     return "\n".join(lines)
 
 
-def available_on(address: str, model: str, version: int) -> dict:
+def available_on(address: str, model: str, version: int, tls_files=None) -> dict:
     """The model server's word that ``version`` is AVAILABLE (the promotion's evidence)."""
     from serving.client import ServingClient, ServingRejected, ServingUnavailable
 
-    client = ServingClient(address, deadline_s=5.0)
+    client = ServingClient(address, deadline_s=5.0, tls=tls_files)
     try:
         states = dict(client.status(model))
     except (ServingRejected, ServingUnavailable) as e:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+
+from components.core.tls import TLSFiles
 from serving import protos
 
 _DT = protos.DataType.values_by_name
@@ -56,14 +58,23 @@ def to_numpy(t) -> np.ndarray:
 
 
 class ServingClient:
-    def __init__(self, target: str, deadline_s: float = 10.0, retries: int = 3, backoff_s: float = 0.1):
+    """TF Serving's gRPC API; over TLS when ``tls`` is given (its ``ca`` the model server's
+    authority, its ``cert``/``key`` this client's own certificate where the server asks for one)."""
+
+    def __init__(self, target: str, deadline_s: float = 10.0, retries: int = 3, backoff_s: float = 0.1,
+                 tls: TLSFiles | None = None):
         self.target, self.deadline_s, self.retries, self.backoff_s = target, deadline_s, retries, backoff_s
-        self.channel = grpc.insecure_channel(target, options=[
+        options = [
             ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
             # gRPC's default reconnect back-off grows to 2 minutes; keep it short so the gateway
             # recovers within seconds of the model server coming back
             ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 2000)])
+            ("grpc.max_reconnect_backoff_ms", 2000)]
+        if tls:
+            cert, key, ca = tls.read()
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca, key, cert), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self._predict = self._method(protos.PREDICT, protos.PredictResponse)
         self._metadata = self._method(protos.GET_MODEL_METADATA, protos.GetModelMetadataResponse)
         self._status = self._method(protos.GET_MODEL_STATUS, protos.GetModelStatusResponse)

@@ -9,7 +9,11 @@ versions, and batches concurrent requests to the same model (``batching.config``
 size, timeout). The gateway cannot tell it from the real server; on a cluster the official
 ``tensorflow/serving`` image reads the same repository.
 
-    python -m serving serve --model-repo DIR --port 8500 [--rest-port 8501]
+With ``tls`` the gRPC port speaks only TLS, and requires a client certificate from ``tls.ca``
+when that is given (mutual TLS, as TF Serving's ``--ssl_config_file`` with
+``client_verify: true``).
+
+    python -m serving serve --model-repo DIR --port 8500 [--rest-port 8501] [--tls-cert C --tls-key K [--tls-ca CA]]
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from components.core.tls import TLSFiles
 from serving.protocol.grpc_api import servicers
 from serving.store import ModelStore
 
@@ -30,7 +35,8 @@ class Server:
     """A running embedded server: ``stop()`` ends it (the gRPC port closes)."""
 
     def __init__(self, root: str | Path, port: int = 8500, host: str = "127.0.0.1", poll_seconds: float = 2.0,
-                 batching: bool = True, workers: int = 64, retry_s: float = 2.0, rest_port: int | None = None):
+                 batching: bool = True, workers: int = 64, retry_s: float = 2.0, rest_port: int | None = None,
+                 tls: TLSFiles | None = None):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.store = ModelStore(root, batching, retry_s=retry_s)
@@ -41,7 +47,13 @@ class Server:
         prediction, models = servicers(self.store)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if tls:                            # TF Serving's --ssl_config_file: server key, cert, client CA
+            cert, key, ca = tls.read()
+            credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                      require_client_auth=ca is not None)
+            self.port = self.grpc.add_secure_port(f"{host}:{port}", credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port} (in use?)")
         self.grpc.start()

@@ -1,6 +1,7 @@
 """Model repository contract and the embedded server over real gRPC, with SavedModels made by
 components.export."""
 import concurrent.futures
+import io
 import json
 import shutil
 import time
@@ -337,4 +338,40 @@ def test_rest_api_answers_as_tf_serving_documents_it(repo, pipeline_outputs, sam
             assert status == code and set(answer) == {"error"} and words in answer["error"], (url, body, answer)
     finally:
         client.close()
+        server.stop()
+
+
+def test_the_grpc_hop_speaks_mutual_tls_and_refuses_plaintext_and_strangers(repo, sample_splits, tmp_path, issuer):
+    """The model server with a certificate from the test CA and client certificates required:
+    the gateway, presenting its own, predicts through it; a plaintext channel and a client
+    whose certificate comes from another authority get no answer."""
+    from components.core.tls import TLSFiles
+    from gateway.app import create_app
+    from serving.client import ServingUnavailable
+    from tests.conftest import gateway_config, signed_in
+    from tests.tlsca import CertificateAuthority
+
+    ca, stranger = CertificateAuthority(tmp_path / "ca"), CertificateAuthority(tmp_path / "other", "other CA")
+    served, gateway = ca.certify("model-server", client=False), ca.certify("gateway", server=False)
+    server = Server(repo, port=0, tls=TLSFiles(served.cert, served.key, ca.cert))
+    png = _pngs(sample_splits, "ultrasound", 1)[0]
+    target = f"localhost:{server.port}"
+    try:
+        secure = ServingClient(target, tls=TLSFiles(gateway.cert, gateway.key, ca.cert))
+        assert 0.0 <= float(secure.predict(NAME, png).outputs["probability"][0]) <= 1.0
+        secure.close()
+        impostor = stranger.certify("impostor", server=False)
+        for tls in (None, TLSFiles(impostor.cert, impostor.key, ca.cert), TLSFiles(ca=ca.cert)):
+            client = ServingClient(target, deadline_s=2.0, retries=0, tls=tls)
+            with pytest.raises(ServingUnavailable):
+                client.predict(NAME, png)
+            client.close()
+        app = create_app(gateway_config(issuer, repo, target, serving_tls=TLSFiles(gateway.cert, gateway.key, ca.cert),
+                                        repository_refresh_s=0))
+        answer = signed_in(app.test_client(), issuer).post(
+            f"/api/v1/models/{NAME}:predict", data={"image": (io.BytesIO(png), "scan.png")},
+            content_type="multipart/form-data")
+        assert answer.status_code == 200, answer.json
+        assert answer.json["model"] == NAME
+    finally:
         server.stop()
