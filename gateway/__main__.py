@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_arguments(ap, os.environ, "serving-tls", "SERVING_TLS", "the model server over TLS: this gateway's")
     ap.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 in a container)")
     ap.add_argument("--port", type=int, default=8080)
+    tls.add_arguments(ap, os.environ, "tls", "GATEWAY_TLS", "HTTPS for a gateway run alone (on the cluster TLS ends "
+                                                            "at the Ingress): the gateway's")
     ap.add_argument("--deadline", type=float, default=float(os.environ.get("PREDICT_DEADLINE_S", 5.0)),
                     help="seconds a prediction may take")
     ap.add_argument("--threads", type=int, default=8, help="requests handled at once (each holds one)")
@@ -59,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def server(config: GatewayConfig, host: str, port: int, threads: int = 8, connection_limit: int = 256,
-           body_budget_bytes: int = 256 << 20):
-    """(app, waitress server) for the gateway (``.run()`` serves, ``.close()`` stops; port 0 picks one).
-    Request bodies stay in memory, ``body_budget_bytes`` of them at once (components.core.http)."""
+           body_budget_bytes: int = 256 << 20, tls_files: tls.TLSFiles | None = None):
+    """(app, server) for the gateway (``.run()`` serves, ``.close()`` stops; port 0 picks one):
+    waitress, or Hypercorn over TLS with ``tls_files``. Request bodies stay in memory,
+    ``body_budget_bytes`` of them at once (components.core.http)."""
     from components.core import http
 
     app = create_app(config)
+    if tls_files:
+        return app, http.TLSServer(app, tls_files, body_budget_bytes, app.config["MAX_CONTENT_LENGTH"], host, port,
+                                   threads)
     return app, http.create_server(app, body_budget_bytes, app.config["MAX_CONTENT_LENGTH"], host=host, port=port,
                                    threads=threads, connection_limit=connection_limit,
                                    channel_timeout=30,           # a connection silent for 30 s is closed
@@ -88,7 +94,9 @@ def _run(args, _):
     if args.auth == "none" and not identity.loopback(args.host):
         raise cli.UserError(f"--auth none serves without any identity check: it binds loopback only, not {args.host}")
     config = config_from(args)
-    app, http = server(config, args.host, args.port, args.threads, args.connection_limit, args.body_budget_mb << 20)
+    https = tls.from_arguments(args, "tls")
+    app, http = server(config, args.host, args.port, args.threads, args.connection_limit, args.body_budget_mb << 20,
+                       https)
     shared = app.extensions["gateway"]
 
     def drain():
@@ -102,7 +110,8 @@ def _run(args, _):
         http.close()
 
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=drain, daemon=True).start())
-    print(f"gateway on http://{args.host}:{http.effective_port}/ (model server {args.serving})", flush=True)
+    print(f"gateway on http{'s' if https else ''}://{args.host}:{http.effective_port}/ (model server {args.serving})",
+          flush=True)
     http.run()
     print("gateway stopped", flush=True)
 

@@ -2,6 +2,7 @@
 starve it, SIGTERM drains, and uploads reach the model server no larger than needed."""
 import base64
 import concurrent.futures
+import http.client
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from components.data import records, schema
@@ -304,3 +306,45 @@ def test_uploads_beyond_the_memory_budget_get_503_with_retry_after_and_the_budge
         again.close()
     finally:
         http.close()
+
+
+def test_the_gateway_alone_serves_https_only_with_hsts_and_bodies_in_memory(tmp_path, issuer):
+    """``--tls-cert/--tls-key``: Hypercorn serves the same app over TLS (waitress has none); a
+    plaintext request to that port gets no HTTP answer, a client that does not trust the CA is
+    refused, and uploads keep to the memory budget there too."""
+    import ssl
+
+    from components.core.tls import TLSFiles
+    from tests.tlsca import CertificateAuthority
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    pair = ca.certify("gateway", client=False)
+    _, https = server(gateway_config(issuer, tmp_path, f"127.0.0.1:{free_port()}"), "127.0.0.1", 0, threads=2,
+                      body_budget_bytes=10 << 20, tls_files=TLSFiles(pair.cert, pair.key))
+    threading.Thread(target=https.run, daemon=True).start()
+    port, trusted = https.effective_port, TLSFiles(ca=ca.cert).client_context()
+    try:
+        with urllib.request.urlopen(f"https://localhost:{port}/healthz", context=trusted, timeout=10) as r:
+            assert r.status == 200 and r.headers["Strict-Transport-Security"].startswith("max-age=")
+        upload = http.client.HTTPSConnection("localhost", port, context=trusted, timeout=10)
+        upload.putrequest("POST", f"/api/v1/models/{NAME}:predict")       # 12 MB declared, none sent yet
+        for header, value in {"Content-Type": "image/png", "Content-Length": str(12 << 20),
+                              **issuer.headers(("clinician",))}.items():
+            upload.putheader(header, value)
+        upload.endheaders()
+        refused = upload.getresponse()
+        assert refused.status == 503 and refused.headers["Retry-After"] == "5"
+        upload.close()
+        plain = socket.create_connection(("127.0.0.1", port), timeout=5)
+        plain.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            assert not plain.recv(4096).startswith(b"HTTP/1.1 200")
+        except OSError:
+            pass                                                  # reset: no plaintext spoken here
+        plain.close()
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f"https://localhost:{port}/healthz", context=ssl.create_default_context(),
+                                   timeout=10)
+        assert https.budget.used == 0
+    finally:
+        https.close()

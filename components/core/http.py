@@ -10,17 +10,26 @@ the body limit) is taken from it when its headers arrive, before any of the body
 given back when the request is done or its client goes away. A request the budget cannot hold
 is answered 503 with Retry-After at once, so sixteen large concurrent uploads meet a clear
 "busy" instead of an out-of-memory kill.
+
+Waitress speaks no TLS. A door run alone with a certificate (``TLSServer``) is served by
+Hypercorn instead, which also reads bodies in an asynchronous loop and holds them in memory, and
+takes the same budget; on the cluster TLS ends at the Ingress and waitress serves.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.utilities import Error
 
 RETRY_AFTER_S = 5
+BUSY = "the server is holding as many uploads as its memory allows; try again shortly"
 
 
 class MemoryBudget:
@@ -64,7 +73,7 @@ def _parser_for(budget: MemoryBudget):
             if budget.take(size):
                 self.held = size
                 return
-            self.error = Busy("the server is holding as many uploads as its memory allows; try again shortly")
+            self.error = Busy(BUSY)
             self.body_rcv, self.completed = None, True                 # the body is never read
 
         def close(self):
@@ -101,3 +110,81 @@ def create_server(app, budget_bytes: int, max_body_bytes: int, **options):
     server.channel_class = _channel_for(_parser_for(budget))
     server.budget = budget
     return server
+
+
+class _Budgeted:
+    """Hypercorn's app wrapper with the budget in front: the declared length (a chunked body: the
+    limit) is taken before the wrapped WSGI adapter reads any of the body, and given back after."""
+
+    def __init__(self, inner, budget: MemoryBudget, max_body_bytes: int):
+        self.inner, self.budget, self.max_body = inner, budget, max_body_bytes
+
+    async def __call__(self, scope, receive, send, sync_spawn, call_soon):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send, sync_spawn, call_soon)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        size = self.max_body if b"chunked" in headers.get(b"transfer-encoding", b"") else \
+            int(length) if length.isdigit() else self.max_body
+        if size > self.max_body:
+            return await _refuse(send, 413, "the request is larger than the upload limit")
+        if size and not self.budget.take(size):
+            return await _refuse(send, 503, BUSY, [(b"retry-after", str(RETRY_AFTER_S).encode())])
+        try:
+            await self.inner(scope, receive, send, sync_spawn, call_soon)
+        finally:
+            if size:
+                self.budget.give(size)
+
+
+async def _refuse(send, status: int, message: str, headers=()):
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"), *headers]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class TLSServer:
+    """``app`` over TLS with Hypercorn (``.run()``, ``.close()``, ``.effective_port``, ``.budget``),
+    as ``create_server`` gives it over plain HTTP with waitress. ``tls.ca`` set: clients must
+    present a certificate from it."""
+
+    def __init__(self, app, tls, budget_bytes: int, max_body_bytes: int, host: str, port: int, threads: int = 8,
+                 channel_timeout: int = 30):
+        from hypercorn.app_wrappers import WSGIWrapper
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"{host}:{port}"]
+        config.certfile, config.keyfile = str(tls.cert), str(tls.key)
+        if tls.ca:
+            config.ca_certs, config.verify_mode = str(tls.ca), ssl.CERT_REQUIRED
+        config.wsgi_max_body_size = max_body_bytes
+        config.read_timeout = channel_timeout            # a connection silent this long is closed
+        config.accesslog, config.errorlog = None, logging.getLogger("hypercorn.error")
+        config.include_server_header = False
+        self.config, self.threads = config, threads
+        self.sockets = config.create_sockets()           # bound now, so port 0 has picked one
+        for sock in self.sockets.secure_sockets:
+            sock.listen(config.backlog)                   # connections wait in the backlog until run()
+        self.effective_port = self.sockets.secure_sockets[0].getsockname()[1]
+        self.budget = MemoryBudget(budget_bytes)
+        self.app = _Budgeted(WSGIWrapper(app, max_body_bytes), self.budget, max_body_bytes)
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+
+    def run(self) -> None:
+        from hypercorn.asyncio.run import worker_serve
+
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        loop.set_default_executor(ThreadPoolExecutor(self.threads, thread_name_prefix="https"))
+        try:
+            loop.run_until_complete(worker_serve(self.app, self.config, sockets=self.sockets,
+                                                 shutdown_trigger=self._stop.wait))
+        finally:
+            loop.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
