@@ -10,7 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
-from components.core import audit, cli, identity, phi
+from components.core import audit, cli, identity, phi, tls
 from components.core.identity import ClientCredentials
 from dicom_node import pacs
 from dicom_node.doors import Doors, parse_senders
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pacs-auth", default=os.environ.get("PACS_AUTH"),
                     help="credentials for a DICOMweb PACS: basic:USER:PASSWORD_FILE, bearer:TOKEN_FILE, or none "
                          "(anonymous, said explicitly; env PACS_AUTH)")
+    tls.add_arguments(ap, os.environ, "dicom-tls", "DICOM_TLS", "DICOM TLS on the C-STORE door (without: plaintext)")
+    tls.add_arguments(ap, os.environ, "pacs-tls", "PACS_TLS", "TLS to the PACS (HTTPS and DICOM TLS)")
+    ap.add_argument("--allow-plaintext-pacs", action="store_true",
+                    help="let reports go to an http:// PACS, or by DIMSE without TLS (a PACS on this host only)")
     return ap
 
 
@@ -103,15 +107,26 @@ def doors_and_credentials(args: argparse.Namespace) -> tuple[Doors, ClientCreden
 def config(args: argparse.Namespace) -> NodeConfig:
     if not 1 <= len(args.ae_title.strip()) <= 16:
         raise ValueError("--ae-title must be 1 to 16 characters")
+    # the hops' settings first: a plaintext PACS is refused before the audit log is opened
+    store = pacs.store_to(*args.store_to, calling_aet=args.ae_title, auth=args.pacs_auth,
+                          tls=tls.from_arguments(args, "pacs-tls"), allow_plaintext=args.allow_plaintext_pacs)
+    dicom_tls = door_tls(args)
     doors, credentials = doors_and_credentials(args)
     return NodeConfig(
-        ae_title=args.ae_title, gateway=args.gateway, doors=doors, credentials=credentials,
-        store=pacs.store_to(*args.store_to, calling_aet=args.ae_title, auth=args.pacs_auth),
+        ae_title=args.ae_title, gateway=args.gateway, doors=doors, credentials=credentials, store=store,
+        dicom_tls=dicom_tls,
         strategies=strategies(args.strategy), host=args.host, dicom_port=args.dicom_port, http_port=args.http_port,
         quiet_s=args.quiet_seconds, max_associations=args.max_associations,
         http_connections=args.http_connections, max_pdu=args.max_pdu,
         budget_bytes=int(args.memory_budget_mb * (1 << 20)), retry=Retry(args.retries + 1, args.retry_delay),
         workers=args.workers, gateway_timeout_s=args.gateway_timeout)
+
+
+def door_tls(args: argparse.Namespace) -> tls.TLSFiles | None:
+    door = tls.from_arguments(args, "dicom-tls")
+    if door and door.cert is None:
+        raise ValueError("--dicom-tls-ca needs the node's own --dicom-tls-cert and --dicom-tls-key")
+    return door
 
 
 def _run(args, _):
@@ -122,7 +137,8 @@ def _run(args, _):
     node = Node(config(args)).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"DICOM node {args.ae_title} on {args.host}:{node.dicom_port} (C-STORE) and "
+    door = "C-STORE over DICOM TLS" if node.config.dicom_tls else "C-STORE, plaintext"
+    print(f"DICOM node {args.ae_title} on {args.host}:{node.dicom_port} ({door}) and "
           f"http://{args.host}:{node.http_port}/studies (STOW-RS)", flush=True)
     try:
         while not stop.wait(1.0):

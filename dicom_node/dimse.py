@@ -7,15 +7,24 @@ once established), at most ``max_associations`` run at once (more are refused
 with "local limit exceeded"), and PDUs are at most ``max_pdu`` bytes. Each instance is taken
 as the bytes the peer sent (``encoded_dataset``: not decoded, not copied into a pydicom
 dataset), checked by admission and held by the inbox; the C-STORE answer says which.
+
+With a TLS context the door speaks DICOM TLS (PS3.15 B.1) only; with the context's CA set, a
+sender without a certificate from it is refused before any DICOM is read. pynetdicom would do the
+handshake on its one accepting thread, without a timeout, so one peer that connects and says
+nothing would shut the door for every sender; ``_TLSServer`` does it on the connection's own
+thread, bounded by the network timeout, and logs and audits a failed one.
 """
 from __future__ import annotations
 
 import logging
+import ssl
+import threading
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import admission
 from dicom_node.doors import Doors
@@ -42,11 +51,41 @@ def storage_ae(ae_title: str, max_associations: int, max_pdu: int, senders, time
     return ae
 
 
-def start(ae: AE, host: str, port: int, inbox: Inbox, doors: Doors):
-    """The SCP serving in its own threads (``.shutdown()`` stops it; port 0 picks one)."""
+def start(ae: AE, host: str, port: int, inbox: Inbox, doors: Doors, tls: ssl.SSLContext | None = None):
+    """The SCP serving in its own threads (``.shutdown()`` stops it; port 0 picks one); over
+    DICOM TLS with ``tls`` (a server context: ``components.core.tls.TLSFiles.server_context``)."""
     handlers = [(evt.EVT_C_STORE, _on_store, [inbox, doors]), (evt.EVT_REJECTED, _on_rejected, [doors]),
                 (evt.EVT_ACCEPTED, _on_accepted, [doors])]
-    return ae.start_server((host, port), block=False, evt_handlers=handlers)
+    if tls is None:
+        return ae.start_server((host, port), block=False, evt_handlers=handlers)
+    server = ae.make_server((host, port), ssl_context=tls, evt_handlers=handlers, server_class=_TLSServer)
+    server.doors = doors
+    ae._servers.append(server)        # as ae.start_server does: the server's shutdown() takes itself off it
+    threading.Thread(target=server.serve_forever, daemon=True, name="dicom-node-c-store").start()
+    return server
+
+
+class _TLSServer(ThreadedAssociationServer):
+    """pynetdicom's server with the TLS handshake moved off the accepting thread."""
+    doors: Doors
+    daemon_threads = True       # stopping the node waits for no peer still in its handshake
+
+    def get_request(self):
+        client, address = self.socket.accept()
+        client.settimeout(self.ae.network_timeout)      # a silent peer holds its own thread, for this long
+        return self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False), address
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            request.do_handshake()
+        except (OSError, ValueError) as e:        # ssl.SSLError, a timeout, a reset: no association
+            reason = getattr(e, "reason", None) or getattr(e, "verify_message", None) or type(e).__name__
+            log.warning("TLS handshake from %s failed, connection closed: %s", client_address[0], reason)
+            self.doors.record("association", "unknown", [], client_address[0], 403, verified=False,
+                              detail=f"TLS handshake failed: {reason}")
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
 
 
 def _on_store(event, inbox: Inbox, doors: Doors) -> Dataset:

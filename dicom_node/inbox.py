@@ -5,20 +5,29 @@ MONAI's Informatics Gateway does: a PACS sends a study's instances one associati
 at a time and never says "that was the last one". The bytes of a batch count against the
 budget until the batch is released, so the budget bounds everything the node holds, waiting or
 being reported on. Nothing is written to disk: a UID is a dictionary key here, never a path.
+
+Logs name an instance and its study by ``tag``: the keyed pseudonym the access audit records
+for them (``components.core.phi``, the node's PHI key). The inbox holds the key and gives each
+instance its tags as it takes it in, so every door's log line and every report's can use them.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from components.core import phi
 
-def tag(uid: str) -> str:
-    """What logs show instead of a UID: the start of its SHA-256 (the same UID, the same tag)."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:12]
+UNTAGGED = "(untagged)"       # an instance no inbox took in: its UID is never shown instead
+
+
+def tag(key: bytes, kind: str, uid: str) -> str:
+    """What logs show instead of a UID of ``kind`` ("study", "instance"). Keyed, unlike a plain
+    hash: anyone who can query the PACS could hash every UID it holds and look a log's tags up.
+    The same as the audit's pseudonym, so a log line and an audit event can be matched."""
+    return phi.pseudonym(key, kind, uid)
 
 
 @dataclass(frozen=True)
@@ -29,14 +38,16 @@ class Instance:
     sop_class_uid: str
     study_uid: str = field(repr=False)
     modality: str                     # the product's modality: mammography, ultrasound
+    # "instance" and "study" -> tag, filled by the inbox that takes it (it holds the key)
+    tags: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tag(self) -> str:
-        return tag(self.sop_instance_uid)
+        return self.tags.get("instance", UNTAGGED)
 
     @property
     def study_tag(self) -> str:
-        return tag(self.study_uid)
+        return self.tags.get("study", UNTAGGED)
 
 
 @dataclass
@@ -45,14 +56,11 @@ class Batch:
     number: int
     study_uid: str = field(repr=False)
     instances: list[Instance]
+    study_tag: str = UNTAGGED
 
     @property
     def bytes(self) -> int:
         return sum(len(i.data) for i in self.instances)
-
-    @property
-    def study_tag(self) -> str:
-        return tag(self.study_uid)
 
 
 class OutOfResources(Exception):
@@ -66,8 +74,9 @@ class _Waiting:
 
 
 class Inbox:
-    def __init__(self, budget_bytes: int, quiet_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, budget_bytes: int, quiet_s: float, key: bytes, clock: Callable[[], float] = time.monotonic):
         self.budget_bytes, self.quiet_s, self._clock = budget_bytes, quiet_s, clock
+        self._key = phi.require(key, "the DICOM node's logs")
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiting] = {}          # study UID -> what has come so far
         self._held = 0                                   # bytes waiting plus bytes in batches
@@ -76,6 +85,8 @@ class Inbox:
     def add(self, instance: Instance) -> None:
         """Hold ``instance`` in its study, or OutOfResources. The same SOP instance sent again
         before its study was handed on replaces the first copy (a PACS retrying a send)."""
+        instance.tags.update(instance=tag(self._key, "instance", instance.sop_instance_uid),
+                             study=tag(self._key, "study", instance.study_uid))
         with self._lock:
             study = self._waiting.setdefault(instance.study_uid, _Waiting())
             replaced = study.instances.get(instance.sop_instance_uid)
@@ -95,7 +106,8 @@ class Inbox:
         with self._lock:
             now = self._clock()
             quiet = [uid for uid, s in self._waiting.items() if everything or now - s.last_received >= self.quiet_s]
-            return [Batch(next(self._numbers), uid, list(self._waiting.pop(uid).instances.values())) for uid in quiet]
+            return [Batch(next(self._numbers), uid, list(self._waiting.pop(uid).instances.values()),
+                          tag(self._key, "study", uid)) for uid in quiet]
 
     def release(self, batch: Batch) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from components.core.identity import ClientCredentials
+from components.core.tls import TLSFiles
 from dicom_node import dimse, stow
 from dicom_node.doors import Doors
 from dicom_node.inbox import Batch, Inbox
@@ -36,6 +37,7 @@ class NodeConfig:
     retry: Retry = Retry()
     workers: int = 2                           # studies reported on at once
     gateway_timeout_s: float = 60.0
+    dicom_tls: TLSFiles | None = None          # the C-STORE door's certificate (and the senders' CA); None: plaintext
 
 
 class Node:
@@ -44,7 +46,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, report: Callable[[Batch], object] | None = None):
         self.config = config
-        self.inbox = Inbox(config.budget_bytes, config.quiet_s)
+        self.inbox = Inbox(config.budget_bytes, config.quiet_s, config.doors.phi_key)
         self.report = report or Reporter(config.gateway, config.strategies, config.store, config.retry,
                                          config.gateway_timeout_s, config.credentials)
         self._workers = ThreadPoolExecutor(config.workers, thread_name_prefix="dicom-node-report")
@@ -56,8 +58,9 @@ class Node:
         from waitress import create_server
 
         c = self.config
+        tls = c.dicom_tls.server_context() if c.dicom_tls else None
         self._scp = dimse.start(dimse.storage_ae(c.ae_title, c.max_associations, c.max_pdu, c.doors.senders), c.host,
-                                c.dicom_port, self.inbox, c.doors)
+                                c.dicom_port, self.inbox, c.doors, tls)
         # a STOW-RS body is held in memory whole (never spooled to a temporary file), up to the budget
         self._http = create_server(stow.make_app(self.inbox, c.doors), host=c.host, port=c.http_port, threads=2,
                                    connection_limit=c.http_connections, max_request_body_size=c.budget_bytes,
@@ -65,8 +68,12 @@ class Node:
                                    ident="dicom-node")
         threading.Thread(target=self._http.run, daemon=True, name="dicom-node-http").start()
         self._watcher.start()
-        log.info("DICOM node %s: C-STORE on %s:%d, STOW-RS on http://%s:%d/studies, reports via %s to %s",
-                 c.ae_title, c.host, self.dicom_port, c.host, self.http_port, c.gateway, c.store)
+        log.info("DICOM node %s: C-STORE on %s:%d (%s), STOW-RS on http://%s:%d/studies, reports via %s to %s",
+                 c.ae_title, c.host, self.dicom_port, _describe(c.dicom_tls), c.host, self.http_port, c.gateway,
+                 c.store)
+        if c.dicom_tls is None:
+            log.warning("the C-STORE door is PLAINTEXT: images arrive unencrypted; give --dicom-tls-cert and "
+                        "--dicom-tls-key (and --dicom-tls-ca to require the senders' certificates) for DICOM TLS")
         return self
 
     @property
@@ -109,3 +116,9 @@ class Node:
         self._hand_on(self.inbox.take_quiet(everything=True))
         self._workers.shutdown(wait=True)
         log.info("DICOM node %s stopped", self.config.ae_title)
+
+
+def _describe(tls: TLSFiles | None) -> str:
+    if tls is None:
+        return "plaintext"
+    return "DICOM TLS, senders' certificates required" if tls.ca else "DICOM TLS, no client certificate asked"

@@ -5,15 +5,26 @@
 calling one (the PACS knows the node by it). Either way an instance the PACS did not take is a
 Transient error for the caller to retry; SRs it already took are taken again harmlessly (same
 SOP Instance UIDs).
+
+Reports hold PHI, so both ways are encrypted: HTTPS trusting the hospital's CA (``--pacs-tls-ca``,
+else the system's), DICOM TLS with that CA; either presents the node's certificate where given.
+A plaintext PACS (an ``http://`` URL, DIMSE without TLS) is refused unless the operator says
+``--allow-plaintext-pacs``, and then warned of in the log.
 """
 from __future__ import annotations
 
+import logging
+
 import pydicom
 import requests
+import requests.adapters
 from dicomweb_client import DICOMwebClient
 from pynetdicom import AE
 
+from components.core.tls import TLSFiles
 from dicom_node.report import Store, Transient
+
+log = logging.getLogger("dicom_node")
 
 # C-STORE statuses that mean "stored": success, and the warnings (coercion, elements discarded)
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -61,10 +72,37 @@ class DicomWebStore:
         return f"DICOMweb {self.url}"
 
 
+class _TLSAdapter(requests.adapters.HTTPAdapter):
+    """Every request with the session's own CA and certificate: requests otherwise lets the
+    environment's REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (set on many hosts) replace a session's
+    ``verify``, and the PACS would be trusted on the system's authorities, not the hospital's."""
+
+    def __init__(self, verify: str | bool, cert: tuple[str, str] | None):
+        super().__init__()
+        self.verify, self.cert = verify, cert
+
+    def send(self, request, **kwargs):
+        return super().send(request, **{**kwargs, "verify": self.verify, "cert": self.cert})
+
+
+def with_tls(s: requests.Session | None, tls: TLSFiles | None) -> requests.Session | None:
+    """``s`` (or a new session) trusting ``tls.ca`` and presenting ``tls.cert`` where given."""
+    if tls is None:
+        return s
+    s = s or requests.Session()
+    if tls.ca:
+        s.verify = str(tls.ca)
+    if tls.cert:
+        s.cert = (str(tls.cert), str(tls.key))
+    s.mount("https://", _TLSAdapter(s.verify, s.cert))
+    return s
+
+
 class DimseStore:
-    def __init__(self, host: str, port: int, called_aet: str, calling_aet: str, timeout_s: float = 60.0):
+    def __init__(self, host: str, port: int, called_aet: str, calling_aet: str, timeout_s: float = 60.0,
+                 tls: TLSFiles | None = None):
         self.host, self.port, self.called_aet, self.calling_aet = host, port, called_aet, calling_aet
-        self.timeout_s = timeout_s
+        self.timeout_s, self.tls = timeout_s, tls
 
     def put(self, datasets: list[pydicom.Dataset]) -> None:
         ae = AE(ae_title=self.calling_aet)
@@ -73,7 +111,9 @@ class DimseStore:
                           | {pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian})
         for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
             ae.add_requested_context(sop_class, syntaxes)
-        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet)
+        # the PACS's certificate must name the host dialled; a context per store picks up renewed files
+        tls_args = (self.tls.client_context(), self.host) if self.tls else None
+        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet, tls_args=tls_args)
         if not assoc.is_established:
             raise Transient(f"the PACS {self.called_aet}@{self.host}:{self.port} did not accept an association")
         try:
@@ -89,22 +129,40 @@ class DimseStore:
                 assoc.release()
 
     def __str__(self) -> str:
-        return f"DIMSE {self.called_aet}@{self.host}:{self.port}"
+        return f"DIMSE{' over TLS' if self.tls else ''} {self.called_aet}@{self.host}:{self.port}"
 
 
-def store_to(kind: str, target: str, calling_aet: str, auth: str | None = None) -> Store:
-    """``--store-to dicomweb URL`` (with ``--pacs-auth``) or ``--store-to dimse HOST:PORT:AET``."""
+def store_to(kind: str, target: str, calling_aet: str, auth: str | None = None, tls: TLSFiles | None = None,
+             allow_plaintext: bool = False) -> Store:
+    """``--store-to dicomweb URL`` (with ``--pacs-auth``) or ``--store-to dimse HOST:PORT:AET``,
+    ``tls`` from ``--pacs-tls-*``."""
     if kind == "dicomweb":
         if not target.startswith(("http://", "https://")):
-            raise ValueError(f"--store-to dicomweb needs an http(s) URL, not {target!r}")
+            raise ValueError(f"--store-to dicomweb needs an https URL, not {target!r}")
         if auth is None:
             raise ValueError("--store-to dicomweb needs --pacs-auth: basic:USER:PASSWORD_FILE, bearer:TOKEN_FILE, "
                              "or none for a PACS that takes anonymous writes")
-        return DicomWebStore(target, session=session(auth))
+        if target.startswith("http://"):
+            if tls:
+                raise ValueError("--pacs-tls-* given with an http:// PACS URL: give its https:// URL")
+            _plaintext(target, allow_plaintext)
+        return DicomWebStore(target, session=with_tls(session(auth), tls))
     if kind == "dimse":
         try:
             host, port, aet = target.rsplit(":", 2)
-            return DimseStore(host, int(port), aet, calling_aet)
+            store = DimseStore(host, int(port), aet, calling_aet, tls=tls)
         except ValueError:
             raise ValueError(f"--store-to dimse needs HOST:PORT:AET, not {target!r}") from None
+        if tls is None:
+            _plaintext(f"DIMSE {target}", allow_plaintext)
+        return store
     raise ValueError(f"--store-to {kind!r}: choose dicomweb URL or dimse HOST:PORT:AET")
+
+
+def _plaintext(target: str, allowed: bool) -> None:
+    if not allowed:
+        raise ValueError(f"the PACS {target} would be reached unencrypted, and reports name patients: give its "
+                         "https:// URL (DIMSE: --pacs-tls-ca, the hospital's CA), or --allow-plaintext-pacs for a "
+                         "PACS on this host")
+    log.warning("REPORTS GO TO THE PACS UNENCRYPTED (--allow-plaintext-pacs): %s; anyone on the network path can "
+                "read them. Use only for a PACS on this host", target)

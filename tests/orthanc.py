@@ -21,11 +21,25 @@ C-STORE accepted only from the configured node at 127.0.0.1.
 
 Its REST and DICOMweb APIs require authentication (``AuthenticationEnabled``): the node writes as
 user ``node``, the tests read as user ``tests``; anonymous requests get 401.
+
+Every hop is encrypted, as at a hospital: HTTPS (``SslEnabled``) and DICOM TLS
+(``DicomTlsEnabled``), both with a certificate from a test CA (``tests/tlsca.py``, ``Orthanc.ca``),
+and both requiring the peer's certificate from that CA: an HTTPS client's (``SslVerifyPeers``)
+and a DICOM peer's (``DicomTlsRemoteCertificateRequired``). Orthanc sends to the node over DICOM
+TLS too (``UseDicomTls``), so the node's door needs a certificate from ``Orthanc.ca``.
+
+Debian 12's Orthanc serves HTTP with the system's civetweb 1.15, which loads OpenSSL at run time
+and looks up ``SSL_get_peer_certificate``; OpenSSL 3 exports it only as
+``SSL_get1_peer_certificate`` (the same function renamed), so civetweb calls a null pointer on
+the first HTTPS request and Orthanc dies. ``_openssl_names`` builds, with the C compiler, a
+``libssl.so`` that exports the old name, forwards to the new one and pulls in the real
+``libssl.so.3`` for everything else, and Orthanc finds it first (``LD_LIBRARY_PATH``).
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -36,12 +50,15 @@ import threading
 import time
 import base64
 import secrets
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.tlsca import CertificateAuthority, Pair
 
 BINARY = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -88,6 +105,8 @@ class Orthanc:
     isolation: str                  # "network namespace" or "loopback"
     process: subprocess.Popen
     log_path: Path
+    ca: CertificateAuthority | None = None          # Orthanc's certificate and its peers' come from it
+    client: Pair | None = None                      # the tests' own client certificate
     users: dict = field(default_factory=dict)       # user -> password (the node's and the tests')
     relays: list = field(default_factory=list)
     aet: str = AE_TITLE
@@ -100,11 +119,19 @@ class Orthanc:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{self.users[user]}".encode()).decode()}
 
     def session(self, user: str = "tests"):
-        """A requests session signed in as ``user`` (for DICOMwebClient)."""
+        """A requests session signed in as ``user`` with the tests' certificate (for DICOMwebClient)."""
         import requests
         from dicomweb_client.session_utils import create_session_from_auth
 
-        return create_session_from_auth(requests.auth.HTTPBasicAuth(user, self.users[user]))
+        session = create_session_from_auth(requests.auth.HTTPBasicAuth(user, self.users[user]))
+        session.verify, session.cert = str(self.ca.cert), (str(self.client.cert), str(self.client.key))
+        session.trust_env = False         # else REQUESTS_CA_BUNDLE, where set, replaces ``verify``
+        return session
+
+    def _context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca.cert))
+        context.load_cert_chain(self.client.cert, self.client.key)
+        return context
 
     def password_file(self, folder: Path, user: str = "node") -> Path:
         path = folder / f"{user}.password"
@@ -119,7 +146,7 @@ class Orthanc:
         request = urllib.request.Request(f"{self.http}{path}", data=body, method=method,
                                          headers={**headers, **(self.authorization(user) if user else {})})
         try:
-            with urllib.request.urlopen(request, timeout=60) as answer:
+            with urllib.request.urlopen(request, timeout=60, context=self._context()) as answer:
                 status, data, kind = answer.status, answer.read(), answer.headers.get("Content-Type", "")
         except urllib.error.HTTPError as e:
             status, data, kind = e.code, e.read(), e.headers.get("Content-Type", "")
@@ -141,9 +168,15 @@ class Orthanc:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def config(tmp: Path, dicom_port: int, http_port: int, node: tuple[str, int] | None, users: dict) -> dict:
+def config(tmp: Path, dicom_port: int, http_port: int, node: tuple[str, int] | None, users: dict,
+           ca: CertificateAuthority) -> dict:
     """Orthanc's JSON config: storage in ``tmp``, DICOMweb on, the node as its one modality,
-    authentication required."""
+    authentication required, HTTPS and DICOM TLS with certificates from ``ca``, both ways."""
+    own = ca.certify("orthanc", server=True, client=True)         # client too: it calls the node
+    https = tmp / "orthanc-https.pem"                           # civetweb's one file: key, then certificate
+    https.write_bytes(own.key.read_bytes() + own.cert.read_bytes())
+    https.chmod(0o600)
+    modality = {"AET": node[0], "Host": "127.0.0.1", "Port": node[1], "UseDicomTls": True} if node else None
     return {
         "Name": "bcimaging-test-pacs", "DicomAet": AE_TITLE, "DicomPort": dicom_port, "HttpPort": http_port,
         "StorageDirectory": str(tmp / "storage"), "IndexDirectory": str(tmp / "index"),
@@ -151,9 +184,13 @@ def config(tmp: Path, dicom_port: int, http_port: int, node: tuple[str, int] | N
         "DicomCheckCalledAet": True,            # a C-STORE must name ORTHANC
         "DicomAlwaysAllowStore": False,         # ... and come from a configured modality
         "DicomCheckModalityHost": True,         # ... at its configured address
-        "DicomModalities": {"node": [node[0], "127.0.0.1", node[1]]} if node else {},
+        "DicomModalities": {"node": modality} if node else {},
         "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "StableAge": 1, "HttpThreadsCount": 8,
+        "SslEnabled": True, "SslCertificate": str(https), "SslMinimumProtocolVersion": 4,     # TLS 1.2 at least
+        "SslVerifyPeers": True, "SslTrustedClientCertificates": str(ca.cert),
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(own.cert), "DicomTlsPrivateKey": str(own.key),
+        "DicomTlsTrustedCertificates": str(ca.cert), "DicomTlsRemoteCertificateRequired": True,
     }
 
 
@@ -168,18 +205,20 @@ def running(tmp: Path, node: tuple[str, int] | None = None, isolate: bool | None
     tmp.mkdir(parents=True, exist_ok=True)
     inner_dicom, inner_http = free_port(), free_port()
     users = {"node": secrets.token_urlsafe(16), "tests": secrets.token_urlsafe(16)}
-    (tmp / "orthanc.json").write_text(json.dumps(config(tmp, inner_dicom, inner_http, node, users), indent=1))
+    ca = CertificateAuthority(tmp / "pki", "orthanc test CA")
+    (tmp / "orthanc.json").write_text(json.dumps(config(tmp, inner_dicom, inner_http, node, users, ca), indent=1))
     (tmp / "orthanc.json").chmod(0o600)
     log_path = tmp / "orthanc.log"
     command = [BINARY, f"--logdir={tmp}", str(tmp / "orthanc.json")]
     if isolate:
         command = ["unshare", "--net", "--", sys.executable, "-c", _LOOPBACK_UP, *command]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+                                   env={**os.environ, **_openssl_names(tmp / "openssl-names")})
     pacs = None
     try:
         pacs = _connect(process, inner_dicom, inner_http, node, isolate, log_path)
-        pacs.users = users
+        pacs.users, pacs.ca, pacs.client = users, ca, ca.certify("tests", server=False, client=True)
         _wait_until_up(pacs)
         yield pacs
     finally:
@@ -193,16 +232,34 @@ def running(tmp: Path, node: tuple[str, int] | None = None, isolate: bool | None
             relay.close()
 
 
+def _openssl_names(folder: Path) -> dict[str, str]:
+    """The environment that lets civetweb find ``SSL_get_peer_certificate`` (none needed where
+    the system's libssl still exports it)."""
+    libssl = ctypes.util.find_library("ssl")
+    if libssl is None or hasattr(ctypes.CDLL(libssl), "SSL_get_peer_certificate"):
+        return {}
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("Orthanc's HTTPS needs a C compiler here (cc) to give civetweb OpenSSL 1.1's function names")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "names.c").write_text(
+        "void *SSL_get1_peer_certificate(const void *ssl);\n"
+        "void *SSL_get_peer_certificate(const void *ssl) { return SSL_get1_peer_certificate(ssl); }\n")
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(folder / "libssl.so"), str(folder / "names.c"),
+                    f"-l:{libssl}"], check=True, capture_output=True)
+    return {"LD_LIBRARY_PATH": ":".join(filter(None, [str(folder), os.environ.get("LD_LIBRARY_PATH")]))}
+
+
 def _connect(process, inner_dicom, inner_http, node, isolate, log_path) -> Orthanc:
     if not isolate:
-        return Orthanc(f"http://127.0.0.1:{inner_http}", ("127.0.0.1", inner_dicom), "loopback", process, log_path)
+        return Orthanc(f"https://127.0.0.1:{inner_http}", ("127.0.0.1", inner_dicom), "loopback", process, log_path)
     theirs = f"/proc/{process.pid}/ns/net"
     _wait_for_namespace(process, theirs)
     http, dicom = Relay(None, theirs, inner_http), Relay(None, theirs, inner_dicom)
     relays = [http, dicom]
     if node:     # Orthanc's C-STORE to 127.0.0.1:<node port> in its namespace reaches the node here
         relays.append(Relay(theirs, None, node[1], listen_port=node[1]))
-    return Orthanc(f"http://127.0.0.1:{http.port}", ("127.0.0.1", dicom.port), "network namespace", process,
+    return Orthanc(f"https://127.0.0.1:{http.port}", ("127.0.0.1", dicom.port), "network namespace", process,
                    log_path, relays)
 
 

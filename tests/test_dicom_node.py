@@ -1,11 +1,15 @@
 """The DICOM node (dicom_node): what it takes by C-STORE and STOW-RS, what it refuses,
 how it groups a study, and the round trip through a real Orthanc and the real gateway: the
-PACS sends an image, the node asks the gateway, and the PACS holds the report."""
+PACS sends an image, the node asks the gateway, and the PACS holds the report. Every hop to and
+from Orthanc is encrypted (DICOM TLS, HTTPS) with certificates from a test CA (tests/tlsca.py)."""
 from __future__ import annotations
 
 import builtins
+import hashlib
 import io
+import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -26,17 +30,20 @@ from werkzeug.wrappers import Request, Response
 
 from components.core import audit
 from components.core.identity import IdentityConfig, TokenVerifier
+from components.core.tls import TLSFiles
 from gateway import dicom_sr
-from dicom_node import Node, NodeConfig, admission
+from dicom_node import Node, NodeConfig, admission, pacs
+from dicom_node.__main__ import build_parser, config as node_config, main as node_main
 from dicom_node.doors import Doors
-from dicom_node.pacs import DicomWebStore, DimseStore
 from dicom_node.inbox import tag
 from dicom_node.report import Reporter, Retry, Transient, referenced_instances
 from dicom_node.stow import split_multipart
 from tests import dciodvfy, dicom_fixtures, orthanc
 from tests.oidc import new_key
+from tests.tlsca import CertificateAuthority, Pair
 
 NODE_AET = "NODE_AET"
+NODE_KEY = b"a-test-phi-key-of-32-random-bytes"        # the PHI key of the nodes in this process
 IMAGE_CLASSES = admission.STORAGE_CLASSES
 SENDERS = {"TEST_SCU": frozenset(), orthanc.AE_TITLE: frozenset({"127.0.0.1"})}
 TRUSTED: dict = {}          # this module's identity provider (tests/oidc.py), set by _trusted
@@ -58,7 +65,7 @@ def running_node(report=None, senders=SENDERS, **options):
     admits ``senders`` by C-STORE and STOW-RS with a token from this module's issuer."""
     issuer = TRUSTED["issuer"]
     doors = Doors(senders, TokenVerifier(IdentityConfig(issuer.url, issuer.audience)),
-                  audit.ChainedLog(TRUSTED["audit"]), b"a-test-phi-key-of-32-random-bytes")
+                  audit.ChainedLog(TRUSTED["audit"]), NODE_KEY)
     settings = dict(ae_title=NODE_AET, gateway="http://127.0.0.1:9", store=None, doors=doors, credentials=None,
                     dicom_port=0, http_port=0, quiet_s=30.0, retry=Retry(3, 0.0, sleep=lambda s: None))
     node = Node(NodeConfig(**{**settings, **options}), report=report or (lambda batch: None)).start()
@@ -77,9 +84,9 @@ def scu(called: str = NODE_AET, calling: str = "TEST_SCU") -> AE:
     return ae
 
 
-def c_store(port: int, *instances: bytes, called: str = NODE_AET) -> list[int]:
+def c_store(port: int, *instances: bytes, called: str = NODE_AET, tls_args=None) -> list[int]:
     """The C-STORE status of each instance, sent over one association."""
-    assoc = scu().associate("127.0.0.1", port, ae_title=called)
+    assoc = scu().associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
     assert assoc.is_established, "association refused"
     try:
         return [int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status) for data in instances]
@@ -97,6 +104,19 @@ def stow(port: int, *parts: bytes, content_type: str = 'multipart/related; type=
     return requests.post(f"http://127.0.0.1:{port}/studies", data=body, timeout=30,
                          headers={"Content-Type": f"{content_type}; boundary={boundary}",
                                   **({"Authorization": f"Bearer {token}"} if token else {})})
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """The hospital's CA, the node's certificate from it, and a sender's."""
+    ca = CertificateAuthority(tmp_path / "pki", "hospital CA")
+    return ca, ca.certify("node"), ca.certify("sender", server=False)
+
+
+def tls_to_node(ca: Path, client: Pair | None) -> tuple:
+    """pynetdicom's ``tls_args``: trusting ``ca`` for the node, presenting ``client`` (None: no certificate)."""
+    files = TLSFiles(client.cert, client.key, ca) if client else TLSFiles(ca=ca)
+    return files.client_context(), "localhost"
 
 
 def mammogram(study: str | None = None, view: str = "CC", **attributes) -> bytes:
@@ -314,6 +334,85 @@ def test_a_uid_holding_dot_dot_is_refused_and_the_node_writes_no_file(monkeypatc
             or not Path(w).name.lstrip(".").startswith(audit_file.name)] == []
 
 
+# -- encryption: DICOM TLS at the door, TLS to the PACS, keyed pseudonyms in the log ----------
+
+def test_the_tls_door_refuses_plaintext_and_a_silent_peer_does_not_hold_it_shut(pki):
+    ca, node_pair, sender = pki
+    with running_node(dicom_tls=TLSFiles(node_pair.cert, node_pair.key, ca.cert)) as node:
+        silent = socket.create_connection(("127.0.0.1", node.dicom_port))        # connects, never says hello
+        try:
+            plain = scu().associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET)
+            assert not plain.is_established, "a plaintext association reached the TLS door"
+            started = time.monotonic()
+            assert c_store(node.dicom_port, mammogram(), tls_args=tls_to_node(ca.cert, sender)) == [admission.SUCCESS]
+            assert time.monotonic() - started < 5, "the TLS handshake waited behind the silent peer"
+        finally:
+            silent.close()
+        assert node.inbox.status()["instances_waiting"] == 1
+    refused = [e for e in audit.read(TRUSTED["audit"]) if e.get("detail", "").startswith("TLS handshake failed")]
+    assert refused and {e["outcomeDesc"] for e in refused} == {"403"}
+
+
+def test_a_sender_without_a_certificate_from_the_hospital_ca_is_refused(pki, tmp_path):
+    ca, node_pair, sender = pki
+    stranger = CertificateAuthority(tmp_path / "elsewhere", "another CA").certify("sender", server=False)
+    with running_node(dicom_tls=TLSFiles(node_pair.cert, node_pair.key, ca.cert)) as node:
+        for client in (stranger, None):         # another authority's certificate; none at all
+            assoc = scu().associate("127.0.0.1", node.dicom_port, ae_title=NODE_AET,
+                                    tls_args=tls_to_node(ca.cert, client))
+            assert not assoc.is_established, f"associated with {'a foreign' if client else 'no'} certificate"
+        assert node.inbox.status()["instances_waiting"] == 0
+        assert c_store(node.dicom_port, mammogram(), tls_args=tls_to_node(ca.cert, sender)) == [admission.SUCCESS]
+
+
+def test_a_plaintext_pacs_is_refused_unless_allowed_out_loud(tmp_path, pki, capsys, caplog):
+    """``http://`` (or DIMSE without TLS) stops the node at start-up; ``--allow-plaintext-pacs``
+    lets it start, with a warning in its log. TLS to the PACS trusts the CA it is given."""
+    ca, node_pair, _ = pki
+    issuer, secret, key = TRUSTED["issuer"], tmp_path / "client.secret", tmp_path / "phi.key"
+    secret.write_text("a-client-secret")
+    key.write_bytes(NODE_KEY)
+    common = ["--gateway", "http://127.0.0.1:9", "--pacs-auth", "none", "--sender", "ORTHANC",
+              "--oidc-issuer", issuer.url, "--oidc-audience", issuer.audience, "--client-id", "dicom-node",
+              "--client-secret-file", str(secret), "--audit-log", str(tmp_path / "cli-audit.jsonl"),
+              "--phi-key-file", str(key)]
+    http = ["--store-to", "dicomweb", "http://pacs.example:8042/dicom-web", *common]
+    dimse = ["--store-to", "dimse", "pacs.example:104:PACS", *common]
+    tls = ["--pacs-tls-ca", str(ca.cert), "--pacs-tls-cert", str(node_pair.cert), "--pacs-tls-key", str(node_pair.key)]
+    for argv in (http, dimse):
+        assert node_main(argv) == 2
+        assert "unencrypted" in capsys.readouterr().err
+    assert not (tmp_path / "cli-audit.jsonl").exists(), "refused before anything was opened"
+
+    def configured(argv):
+        made = node_config(build_parser().parse_args(argv))
+        made.doors.log.close()
+        return made.store
+
+    with caplog.at_level(logging.WARNING, logger="dicom_node"):
+        assert str(configured([*http, "--allow-plaintext-pacs"])) == "DICOMweb http://pacs.example:8042/dicom-web"
+    assert "REPORTS GO TO THE PACS UNENCRYPTED" in caplog.text
+    https = configured(["--store-to", "dicomweb", "https://pacs.example/dicom-web", *common, *tls])
+    assert (https.session.verify, https.session.cert) == (str(ca.cert), (str(node_pair.cert), str(node_pair.key)))
+    assert str(configured([*dimse, *tls])) == "DIMSE over TLS PACS@pacs.example:104"
+
+
+def test_the_log_names_studies_and_instances_by_keyed_pseudonyms(caplog):
+    """Not by UID, nor by a plain hash of it, which anyone who can query the PACS could compute."""
+    image = mammogram()
+    header = pydicom.dcmread(io.BytesIO(image), stop_before_pixels=True)
+    instance, study = str(header.SOPInstanceUID), str(header.StudyInstanceUID)
+    with caplog.at_level(logging.INFO, logger="dicom_node"), running_node() as node:
+        assert c_store(node.dicom_port, image) == [admission.SUCCESS]
+        assert stow(node.http_port, mammogram(study, "MLO")).status_code == 200
+    assert tag(NODE_KEY, "instance", instance) in caplog.text and tag(NODE_KEY, "study", study) in caplog.text
+    for unkeyed in (instance, study, *(hashlib.sha256(u.encode()).hexdigest()[:12] for u in (instance, study))):
+        assert unkeyed not in caplog.text, f"{unkeyed!r} in the node's log"
+    # the audit names them alike: a log line and its audit event can be matched
+    pseudonyms = {e["what"].get("pseudonym") for event in audit.read(TRUSTED["audit"]) for e in event["entity"]}
+    assert {tag(NODE_KEY, "instance", instance), tag(NODE_KEY, "study", study)} <= pseudonyms
+
+
 # -- the node's reports: retries, and nothing half-done -----------------------------------------
 
 def test_reports_are_retried_and_a_study_is_stored_whole_or_not_at_all():
@@ -378,15 +477,21 @@ def test_an_answer_that_is_not_a_report_on_the_image_is_not_filed():
 @orthanc.required
 @pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
 def test_orthanc_sends_an_image_and_receives_the_report(tmp_path, kind):
-    """Orthanc C-STOREs to the node; the node files the (stand-in gateway's) SR back, by STOW-RS
-    or by C-STORE, and Orthanc's QIDO-RS finds it in the image's study."""
+    """Orthanc C-STOREs to the node over DICOM TLS; the node files the (stand-in gateway's) SR
+    back, by STOW-RS over HTTPS or by C-STORE over DICOM TLS, presenting its certificate either
+    way, and Orthanc's QIDO-RS finds it in the image's study."""
     node_port = orthanc.free_port()
     with orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, \
             fake_gateway(sr_answer) as (url, _):
-        store = DicomWebStore(archive.dicomweb, session=archive.session("node")) if kind == "dicomweb" else \
-            DimseStore(*archive.dicom, archive.aet, calling_aet=NODE_AET)
+        own = archive.ca.certify("node")
+        tls = TLSFiles(own.cert, own.key, archive.ca.cert)
+        if kind == "dicomweb":
+            auth = f"basic:node:{archive.password_file(tmp_path)}"
+            store = pacs.store_to(kind, archive.dicomweb, NODE_AET, auth, tls)
+        else:
+            store = pacs.store_to(kind, "{}:{}:{}".format(*archive.dicom, archive.aet), NODE_AET, tls=tls)
         reporter = Reporter(url, {"mammography": "progressive"}, store, Retry(3, 0.5))
-        with running_node(report=reporter, dicom_port=node_port, quiet_s=0.5) as node:
+        with running_node(report=reporter, dicom_port=node_port, quiet_s=0.5, dicom_tls=tls) as node:
             image = mammogram()
             header = pydicom.dcmread(io.BytesIO(image), stop_before_pixels=True)
             archive.send("node", archive.upload(image))
@@ -406,8 +511,9 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path, issue
     Orthanc as the PACS, requiring authentication. Two mammograms of one study and a sonogram of
     another go in; each gets an SR in its own study that references it, says what the gateway's
     JSON API says of the same image, and passes dciodvfy; the node's log names no patient. Every
-    hop presents a credential: Orthanc's C-STORE comes from an admitted AE title, the node asks
-    the gateway with its own client-credentials token, and writes to Orthanc as its user."""
+    hop presents a credential: Orthanc's C-STORE comes from an admitted AE title over DICOM TLS
+    with Orthanc's certificate, the node asks the gateway with its own client-credentials token,
+    and writes to Orthanc as its user over HTTPS with its own certificate."""
     from serving import repository
     from tests.conftest import PHI_KEY, live_gateway
 
@@ -424,6 +530,9 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path, issue
             orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, open(log_path, "w") as log:
         anonymous, _ = archive.rest("GET", "/dicom-web/studies", user=None)
         assert anonymous == 401, "the PACS must require authentication for this test to mean anything"
+        own = archive.ca.certify("node")
+        certificates = [f"--{hop}-tls-{part}={path}" for hop in ("dicom", "pacs")
+                        for part, path in (("cert", own.cert), ("key", own.key), ("ca", archive.ca.cert))]
         process = subprocess.Popen(
             [sys.executable, "-m", "dicom_node", "--gateway", f"http://{gateway}",
              "--store-to", "dicomweb", archive.dicomweb, "--ae-title", NODE_AET, "--dicom-port", str(node_port),
@@ -432,7 +541,7 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path, issue
              "--sender", f"{orthanc.AE_TITLE}=127.0.0.1", "--oidc-issuer", issuer.url,
              "--oidc-audience", issuer.audience, "--client-id", "dicom-node", "--client-secret-file", str(secret),
              "--pacs-auth", f"basic:node:{archive.password_file(tmp_path)}",
-             "--audit-log", str(tmp_path / "node-audit.jsonl")],
+             "--audit-log", str(tmp_path / "node-audit.jsonl"), *certificates],
             stdout=log, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "BCIMAGING_PHI_KEY": PHI_KEY.decode()})
         try:
@@ -454,7 +563,10 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path, issue
     header = pydicom.dcmread(io.BytesIO(images[0]), stop_before_pixels=True)
     for secret in (str(header.PatientName), str(header.PatientID), str(header.SOPInstanceUID), mg_study):
         assert secret not in log_text, f"{secret!r} in the node's log"
-    assert tag(str(header.SOPInstanceUID)) in log_text and "stored 2 report(s)" in log_text
+    assert "C-STORE on" in log_text and "(DICOM TLS, senders' certificates required)" in log_text
+    instance = str(header.SOPInstanceUID)
+    assert tag(PHI_KEY, "instance", instance) in log_text and "stored 2 report(s)" in log_text
+    assert hashlib.sha256(instance.encode()).hexdigest()[:12] not in log_text, "an unkeyed hash of a UID in the log"
     assert audit.verify(tmp_path / "node-audit.jsonl").ok
     events = list(audit.read(tmp_path / "node-audit.jsonl"))
     assert [e["agent"][0]["who"] for e in events if e["subtype"] == "c-store"] == [orthanc.AE_TITLE] * 3
