@@ -3,6 +3,8 @@
 # (kfp is in the lock, so nothing is installed at run time), or by hand as
 # `python -m components.<step>`. Its tag is the pipelines' `image` parameter. The GPU base image
 # carries CUDA/cuDNN for the training steps; the same image runs the CPU steps.
+# Not yet pinned by digest: no digest of this tag could be recorded here; pin it as
+# docs/deployment.md#base-images says before a release build.
 FROM tensorflow/tensorflow:2.16.2-gpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -2,7 +2,9 @@
 # gateway's compare endpoint and files the reports back into the PACS. It needs no TensorFlow, no
 # Flask and no model repository: only its slice of the lock (requirements-dicom-node.txt) and the
 # packages it imports (components.core, components.imaging, dicom_node).
-FROM python:3.11.7-slim
+# The base image by digest, so a rebuild gets the same bytes whatever the tag points to now
+# (refresh: docs/deployment.md#base-images).
+FROM python:3.11.7-slim@sha256:637774748f62b832dc11e7b286e48cd716727ed04b45a0322776c01bc526afc3
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -2,7 +2,9 @@
 # gRPC with TF Serving's own messages (serving/tensorflow_serving.binpb) and reads model cards
 # from the model repository (mounted read-only at /models). It needs no TensorFlow: only the
 # gateway's slice of the lock (requirements-gateway.txt) is installed.
-FROM python:3.11.7-slim
+# The base image by digest, so a rebuild gets the same bytes whatever the tag points to now
+# (refresh: docs/deployment.md#base-images).
+FROM python:3.11.7-slim@sha256:637774748f62b832dc11e7b286e48cd716727ed04b45a0322776c01bc526afc3
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -2,6 +2,8 @@
 # repository this product writes (<repo>/<model>/<version>/, models.config, batching.config),
 # mounted at /models. The embedded server (python -m serving serve) speaks the same gRPC API
 # on one machine.
+# Not yet pinned by digest: no digest of this tag could be recorded here; pin it as
+# docs/deployment.md#base-images says before a release build.
 FROM tensorflow/serving:2.16.1
 
 # Not root: the repository is published world-readable (files 0644, folders 0755), so any uid

@@ -29,7 +29,7 @@ itself skips an unblessed model and records why.
 # no "from __future__ import annotations": KFP reads the pipeline function's annotations as types
 from kfp import dsl, kubernetes
 
-from components.core import catalog
+from components.core import catalog, phi
 from components import crossval
 from pipelines import ops
 from pipelines.settings import RunSettings
@@ -38,6 +38,7 @@ DEFAULT_IMAGE = "ghcr.io/bcimaging/components:0.1.0"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 DATA_MOUNT, MODELS_MOUNT = "/data", "/models"
+PHI_KEY_MOUNT = "/secrets/phi"      # the Secret's key "key" is the file PHI_KEY_MOUNT/key
 STEP_RESOURCES = {"cpu": "2", "memory": "8G"}
 TRAIN_RESOURCES = {"cpu": "4", "memory": "16G"}
 DEFAULTS = RunSettings()     # the pipeline parameters' defaults: one declaration (components.train)
@@ -79,6 +80,16 @@ def _train(modality, backbone, strategy, training, cache_dir, splits, image, acc
     return train
 
 
+def _with_phi_key(extract, secret_name):
+    """The PHI key for extract's DICOM pseudonyms: the Secret ``secret_name`` mounted as a file,
+    and the environment naming that file (``components.core.phi``), never the key itself, which
+    would show in the pod's spec. Optional: a run of public, non-DICOM data needs no key, and a
+    DICOM run without it fails in extract saying the key file is missing. The local runner
+    ignores both (it keeps this machine's environment)."""
+    kubernetes.use_secret_as_volume(extract, secret_name=secret_name, mount_path=PHI_KEY_MOUNT, optional=True)
+    return extract.set_env_variable(phi.KEY_FILE_ENV, f"{PHI_KEY_MOUNT}/key")
+
+
 def _on_image(task, image, resources: dict, cache: bool = True):
     task.set_container_image(image).set_cpu_request(resources["cpu"]).set_memory_request(resources["memory"])
     return task.set_caching_options(cache)
@@ -100,10 +111,12 @@ def build(modality: str, backbones=catalog.BACKBONES, strategies=catalog.STRATEG
                  noninferiority_margin: float = DEFAULTS.noninferiority_margin, cache_dir: str = "",
                  accelerator_type: str = "nvidia.com/gpu", accelerator_limit: int = 1,
                  gpu_node_selector: dict = GPU_NODE_SELECTOR, gpu_toleration: dict = GPU_TOLERATION,
-                 data_pvc: str = "bcimaging-data", model_repo_pvc: str = "model-repository"):
+                 data_pvc: str = "bcimaging-data", model_repo_pvc: str = "model-repository",
+                 phi_key_secret: str = "phi-key"):
         extract = _on_image(ops.extract(modality=modality, sources=sources, max_quarantine=max_quarantine,
                                         cache_dir=cache_dir), image, STEP_RESOURCES)
         kubernetes.mount_pvc(extract, pvc_name=data_pvc, mount_path=DATA_MOUNT)
+        _with_phi_key(extract, phi_key_secret)
         splits = _on_image(ops.split(seed=split_seed, cache_dir=cache_dir, examples=extract.outputs["examples"]),
                            image, STEP_RESOURCES)
         train_input = splits.outputs["splits"]
@@ -175,10 +188,11 @@ def build_cv(modality: str, backbone: str, strategy: str, folds: int = crossval.
                  collapse_sd: float = DEFAULTS.collapse_sd, bootstrap: int = DEFAULTS.bootstrap,
                  max_quarantine: float = DEFAULTS.max_quarantine, cache_dir: str = "", accelerator_type: str = "nvidia.com/gpu", accelerator_limit: int = 1,
                  gpu_node_selector: dict = GPU_NODE_SELECTOR, gpu_toleration: dict = GPU_TOLERATION,
-                 data_pvc: str = "bcimaging-data"):
+                 data_pvc: str = "bcimaging-data", phi_key_secret: str = "phi-key"):
         extract = _on_image(ops.extract(modality=modality, sources=sources, max_quarantine=max_quarantine,
                                         cache_dir=cache_dir), image, STEP_RESOURCES)
         kubernetes.mount_pvc(extract, pvc_name=data_pvc, mount_path=DATA_MOUNT)
+        _with_phi_key(extract, phi_key_secret)
         made = _on_image(ops.folds(k=folds, seed=split_seed, cache_dir=cache_dir,
                                    examples=extract.outputs["examples"]), image, STEP_RESOURCES)
         evaluations = []

@@ -74,6 +74,36 @@ def test_compile_writes_one_pipeline_per_modality_with_six_gpu_training_tasks(co
         assert all(t["cachingOptions"]["enableCache"] for t in cached)
 
 
+def test_extract_reads_the_phi_key_from_a_mounted_secret_file_never_the_environment(compiled, tmp_path):
+    """On the cluster the extract step mounts the Secret phi_key_secret (a pipeline parameter,
+    default phi-key) as files and its environment names the key's file, which is what
+    components.core.phi reads; the key itself is in no step's environment, and no other step
+    mounts it. The cross-validation pipeline's extract is wired the same way."""
+    from components.core import phi
+    from pipelines import definition
+    from tests.conftest import PHI_KEY
+
+    cv = definition.compile_cv_to("ultrasound", tmp_path / "cv.yaml", catalog.BACKBONES[0], catalog.STRATEGIES[0], 2)
+    for spec, platform in [*compiled.values(), list(yaml.safe_load_all(Path(cv).read_text()))]:
+        assert spec["root"]["inputDefinitions"]["parameters"]["phi_key_secret"]["defaultValue"] == "phi-key"
+        k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for name, task in _tasks(spec).items():
+            label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+            env = {e["name"]: e["value"] for e in _executor(spec, task).get("env", [])}
+            assert phi.KEY_ENV not in env
+            if name != "extract":
+                assert "secretAsVolume" not in k8s.get(label, {}) and phi.KEY_FILE_ENV not in env
+                continue
+            (mount,) = k8s[label]["secretAsVolume"]
+            assert mount["secretNameParameter"] == {"componentInputParameter": "phi_key_secret"}
+            assert mount["mountPath"] == definition.PHI_KEY_MOUNT
+            assert env[phi.KEY_FILE_ENV] == f"{definition.PHI_KEY_MOUNT}/key"
+            # the Secret's file, there, is the key the extract step pseudonymizes with
+            (tmp_path / "key").write_bytes(PHI_KEY + b"\n")
+            mounted = {phi.KEY_FILE_ENV: env[phi.KEY_FILE_ENV].replace(definition.PHI_KEY_MOUNT, str(tmp_path))}
+            assert phi.load_key(environ=mounted) == PHI_KEY
+
+
 # Two of the three backbones keep the local run to about four minutes on 2 cores; the compile
 # test checks all six branches of every pipeline, and the trained-models fixture trains each one.
 LOCAL_BACKBONES = ("resnet50", "vgg16")
