@@ -7,6 +7,7 @@ are built and read by hand, so the gateway stays light.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -57,6 +58,9 @@ def to_numpy(t) -> np.ndarray:
     return np.broadcast_to(values, shape).copy() if values.size == 1 and np.prod(shape) > 1 else values.reshape(shape)
 
 
+RENEW_AFTER_S = 5.0           # a channel that answered nothing this long is replaced
+
+
 class ServingClient:
     """TF Serving's gRPC API; over TLS when ``tls`` is given (its ``ca`` the model server's
     authority, its ``cert``/``key`` this client's own certificate where the server asks for one)."""
@@ -64,20 +68,36 @@ class ServingClient:
     def __init__(self, target: str, deadline_s: float = 10.0, retries: int = 3, backoff_s: float = 0.1,
                  tls: TLSFiles | None = None):
         self.target, self.deadline_s, self.retries, self.backoff_s = target, deadline_s, retries, backoff_s
-        options = [
+        self._options = [
             ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
             # gRPC's default reconnect back-off grows to 2 minutes; keep it short so the gateway
-            # recovers within seconds of the model server coming back
-            ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+            # recovers within seconds of the model server coming back. The "min" is also how
+            # long one attempt may take to connect: 250 ms cut TLS handshakes short for good
+            ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 5000),
             ("grpc.max_reconnect_backoff_ms", 2000)]
+        self._credentials = None
         if tls:
             cert, key, ca = tls.read()
-            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca, key, cert), options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
+            self._credentials = grpc.ssl_channel_credentials(ca, key, cert)
+        self._renewal = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        self.channel = grpc.secure_channel(self.target, self._credentials, options=self._options) \
+            if self._credentials else grpc.insecure_channel(self.target, options=self._options)
         self._predict = self._method(protos.PREDICT, protos.PredictResponse)
         self._metadata = self._method(protos.GET_MODEL_METADATA, protos.GetModelMetadataResponse)
         self._status = self._method(protos.GET_MODEL_STATUS, protos.GetModelStatusResponse)
+        self._answered = time.monotonic()
+
+    def _renew(self) -> None:
+        """A new channel once this one has answered nothing for RENEW_AFTER_S: a TLS channel whose
+        first attempts met no server kept failing its handshakes after the server came up
+        (grpcio 1.65), so a gateway started before its model server never became ready. The old
+        channel is dropped, not closed: calls still on it finish or fail on their own."""
+        with self._renewal:
+            if time.monotonic() - self._answered >= RENEW_AFTER_S:
+                self._open()
 
     def _method(self, path: str, response_class):
         return self.channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
@@ -104,13 +124,16 @@ class ServingClient:
         attempt = 0
         while True:
             try:
-                return answer()
+                result = answer()
+                self._answered = time.monotonic()
+                return result
             except grpc.RpcError as e:
                 code = e.code()
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     attempt += 1
                     if attempt > self.retries or code == grpc.StatusCode.DEADLINE_EXCEEDED or \
                             time.monotonic() + self.backoff_s * attempt >= deadline:
+                        self._renew()
                         raise ServingUnavailable(f"model server at {self.target} is unavailable ({e.details()})") from e
                     time.sleep(self.backoff_s * attempt)
                     answer = lambda: method(request, timeout=self._remaining(deadline))  # noqa: E731

@@ -351,12 +351,29 @@ def test_the_grpc_hop_speaks_mutual_tls_and_refuses_plaintext_and_strangers(repo
     from tests.conftest import gateway_config, signed_in
     from tests.tlsca import CertificateAuthority
 
+    from serving.server import free_port
+
     ca, stranger = CertificateAuthority(tmp_path / "ca"), CertificateAuthority(tmp_path / "other", "other CA")
     served, gateway = ca.certify("model-server", client=False), ca.certify("gateway", server=False)
-    server = Server(repo, port=0, tls=TLSFiles(served.cert, served.key, ca.cert))
+    port = free_port()
+    target = f"localhost:{port}"
+    # a client that starts before its server (a gateway pod before the model server's): its
+    # channel's handshakes kept failing once the server was up, until it was renewed
+    early = ServingClient(target, deadline_s=1.0, retries=0, tls=TLSFiles(gateway.cert, gateway.key, ca.cert))
+    with pytest.raises(ServingUnavailable):
+        early.status(NAME)
+    server = Server(repo, port=port, tls=TLSFiles(served.cert, served.key, ca.cert))
     png = _pngs(sample_splits, "ultrasound", 1)[0]
-    target = f"localhost:{server.port}"
     try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert early.status(NAME) == [(1, "AVAILABLE")]
+                break
+            except ServingUnavailable:
+                assert time.monotonic() < deadline, "a client started before its server never reached it"
+                time.sleep(0.5)
+        early.close()
         secure = ServingClient(target, tls=TLSFiles(gateway.cert, gateway.key, ca.cert))
         assert 0.0 <= float(secure.predict(NAME, png).outputs["probability"][0]) <= 1.0
         secure.close()
