@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(anonymous, said explicitly; env PACS_AUTH)")
     tls.add_arguments(ap, os.environ, "dicom-tls", "DICOM_TLS", "DICOM TLS on the C-STORE door (without: plaintext)")
     tls.add_arguments(ap, os.environ, "pacs-tls", "PACS_TLS", "TLS to the PACS (HTTPS and DICOM TLS)")
+    tls.add_arguments(ap, os.environ, "http-tls", "STOW_TLS", "HTTPS on the STOW-RS door (without: plain HTTP)")
+    tls.add_arguments(ap, os.environ, "gateway-tls", "NODE_GATEWAY_TLS", "an https gateway: its CA, the node's")
     ap.add_argument("--allow-plaintext-pacs", action="store_true",
                     help="let reports go to an http:// PACS, or by DIMSE without TLS (a PACS on this host only)")
     return ap
@@ -114,7 +116,8 @@ def config(args: argparse.Namespace) -> NodeConfig:
     doors, credentials = doors_and_credentials(args)
     return NodeConfig(
         ae_title=args.ae_title, gateway=args.gateway, doors=doors, credentials=credentials, store=store,
-        dicom_tls=dicom_tls,
+        dicom_tls=dicom_tls, http_tls=tls.from_arguments(args, "http-tls"),
+        gateway_tls=tls.from_arguments(args, "gateway-tls"),
         strategies=strategies(args.strategy), host=args.host, dicom_port=args.dicom_port, http_port=args.http_port,
         quiet_s=args.quiet_seconds, max_associations=args.max_associations,
         http_connections=args.http_connections, max_pdu=args.max_pdu,
@@ -138,8 +141,9 @@ def _run(args, _):
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     door = "C-STORE over DICOM TLS" if node.config.dicom_tls else "C-STORE, plaintext"
+    scheme = "https" if node.config.http_tls else "http"
     print(f"DICOM node {args.ae_title} on {args.host}:{node.dicom_port} ({door}) and "
-          f"http://{args.host}:{node.http_port}/studies (STOW-RS)", flush=True)
+          f"{scheme}://{args.host}:{node.http_port}/studies (STOW-RS)", flush=True)
     try:
         while not stop.wait(1.0):
             pass

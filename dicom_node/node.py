@@ -38,6 +38,8 @@ class NodeConfig:
     workers: int = 2                           # studies reported on at once
     gateway_timeout_s: float = 60.0
     dicom_tls: TLSFiles | None = None          # the C-STORE door's certificate (and the senders' CA); None: plaintext
+    http_tls: TLSFiles | None = None           # the STOW-RS door's certificate; None: plain HTTP
+    gateway_tls: TLSFiles | None = None        # an https gateway's CA (and the node's certificate for mutual TLS)
 
 
 class Node:
@@ -48,32 +50,38 @@ class Node:
         self.config = config
         self.inbox = Inbox(config.budget_bytes, config.quiet_s, config.doors.phi_key)
         self.report = report or Reporter(config.gateway, config.strategies, config.store, config.retry,
-                                         config.gateway_timeout_s, config.credentials)
+                                         config.gateway_timeout_s, config.credentials, config.gateway_tls)
         self._workers = ThreadPoolExecutor(config.workers, thread_name_prefix="dicom-node-report")
         self._stopping = threading.Event()
         self._scp = self._http = None
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="dicom-node-quiet")
 
     def start(self) -> Node:
-        from waitress import create_server
+        from components.core import http
 
         c = self.config
         tls = c.dicom_tls.server_context() if c.dicom_tls else None
         self._scp = dimse.start(dimse.storage_ae(c.ae_title, c.max_associations, c.max_pdu, c.doors.senders), c.host,
                                 c.dicom_port, self.inbox, c.doors, tls)
-        # a STOW-RS body is held in memory whole (never spooled to a temporary file), up to the budget
-        self._http = create_server(stow.make_app(self.inbox, c.doors), host=c.host, port=c.http_port, threads=2,
-                                   connection_limit=c.http_connections, max_request_body_size=c.budget_bytes,
-                                   inbuf_overflow=c.budget_bytes, channel_timeout=30, asyncore_use_poll=True,
-                                   ident="dicom-node")
+        # STOW-RS bodies are held in memory (never spooled to a temporary file), within the budget
+        app = stow.make_app(self.inbox, c.doors)
+        if c.http_tls:
+            self._http = http.TLSServer(app, c.http_tls, c.budget_bytes, c.budget_bytes, c.host, c.http_port, threads=2)
+        else:
+            self._http = http.create_server(app, c.budget_bytes, c.budget_bytes, host=c.host, port=c.http_port,
+                                            threads=2, connection_limit=c.http_connections, channel_timeout=30,
+                                            asyncore_use_poll=True, ident="dicom-node")
         threading.Thread(target=self._http.run, daemon=True, name="dicom-node-http").start()
         self._watcher.start()
-        log.info("DICOM node %s: C-STORE on %s:%d (%s), STOW-RS on http://%s:%d/studies, reports via %s to %s",
-                 c.ae_title, c.host, self.dicom_port, _describe(c.dicom_tls), c.host, self.http_port, c.gateway,
-                 c.store)
+        log.info("DICOM node %s: C-STORE on %s:%d (%s), STOW-RS on %s://%s:%d/studies, reports via %s to %s",
+                 c.ae_title, c.host, self.dicom_port, _describe(c.dicom_tls), "https" if c.http_tls else "http",
+                 c.host, self.http_port, c.gateway, c.store)
         if c.dicom_tls is None:
             log.warning("the C-STORE door is PLAINTEXT: images arrive unencrypted; give --dicom-tls-cert and "
                         "--dicom-tls-key (and --dicom-tls-ca to require the senders' certificates) for DICOM TLS")
+        if c.http_tls is None:
+            log.warning("the STOW-RS door is PLAIN HTTP: images and tokens arrive unencrypted; give --http-tls-cert "
+                        "and --http-tls-key for HTTPS")
         return self
 
     @property

@@ -17,12 +17,12 @@ import logging
 
 import pydicom
 import requests
-import requests.adapters
 from dicomweb_client import DICOMwebClient
 from pynetdicom import AE
 
 from components.core.tls import TLSFiles
 from dicom_node.report import Store, Transient
+from dicom_node.sessions import with_tls
 
 log = logging.getLogger("dicom_node")
 
@@ -70,32 +70,6 @@ class DicomWebStore:
 
     def __str__(self) -> str:
         return f"DICOMweb {self.url}"
-
-
-class _TLSAdapter(requests.adapters.HTTPAdapter):
-    """Every request with the session's own CA and certificate: requests otherwise lets the
-    environment's REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (set on many hosts) replace a session's
-    ``verify``, and the PACS would be trusted on the system's authorities, not the hospital's."""
-
-    def __init__(self, verify: str | bool, cert: tuple[str, str] | None):
-        super().__init__()
-        self.verify, self.cert = verify, cert
-
-    def send(self, request, **kwargs):
-        return super().send(request, **{**kwargs, "verify": self.verify, "cert": self.cert})
-
-
-def with_tls(s: requests.Session | None, tls: TLSFiles | None) -> requests.Session | None:
-    """``s`` (or a new session) trusting ``tls.ca`` and presenting ``tls.cert`` where given."""
-    if tls is None:
-        return s
-    s = s or requests.Session()
-    if tls.ca:
-        s.verify = str(tls.ca)
-    if tls.cert:
-        s.cert = (str(tls.cert), str(tls.key))
-    s.mount("https://", _TLSAdapter(s.verify, s.cert))
-    return s
 
 
 class DimseStore:

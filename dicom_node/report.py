@@ -24,7 +24,9 @@ from typing import Callable, Protocol
 import pydicom
 import requests
 
+from components.core.tls import TLSFiles
 from dicom_node.inbox import Batch, Instance
+from dicom_node.sessions import with_tls
 
 log = logging.getLogger("dicom_node")
 DICOM = "application/dicom"
@@ -67,16 +69,16 @@ class Retry:
 
 class Reporter:
     def __init__(self, gateway: str, strategies: dict[str, str], store: Store, retry: Retry = Retry(),
-                 timeout_s: float = 60.0, credentials=None):
+                 timeout_s: float = 60.0, credentials=None, tls: TLSFiles | None = None):
         self.gateway, self.strategies, self.store = gateway.rstrip("/"), strategies, store
-        self.retry, self.timeout_s = retry, timeout_s
+        self.retry, self.timeout_s, self.tls = retry, timeout_s, tls   # tls: an https gateway's CA (and the node's cert)
         self.credentials = credentials        # the node's own token (OAuth2 client credentials), or None
         self._local = threading.local()          # a requests.Session per worker: sessions are not thread-safe
 
     @property
     def session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
+            self._local.session = with_tls(requests.Session(), self.tls)
         return self._local.session
 
     def __call__(self, batch: Batch) -> list[pydicom.Dataset]:

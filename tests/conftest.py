@@ -212,9 +212,10 @@ def signed_in(client, issuer, roles=("clinician",), subject: str = "dr-example")
 
 
 @contextlib.contextmanager
-def live_gateway(pipeline_outputs, root: Path, issuer, **server_options):
+def live_gateway(pipeline_outputs, root: Path, issuer, tls_files=None, **server_options):
     """The ultrasound cohort pushed to ``root``, the model server over gRPC and the gateway on
-    waitress, both on loopback, trusting ``issuer``: yields (model server, gateway host:port)."""
+    waitress (over HTTPS with ``tls_files``), both on loopback, trusting ``issuer``: yields
+    (model server, gateway host:port)."""
     import threading
 
     from gateway.__main__ import server as gateway_server
@@ -225,7 +226,7 @@ def live_gateway(pipeline_outputs, root: Path, issuer, **server_options):
         repository.push(pipeline_outputs[name] / "saved_model", root)
     model_server = Server(root, port=0, **server_options)
     _, http = gateway_server(gateway_config(issuer, root, f"127.0.0.1:{model_server.port}", deadline_s=20,
-                                            repository_refresh_s=0), "127.0.0.1", 0)
+                                            repository_refresh_s=0), "127.0.0.1", 0, tls_files=tls_files)
     threading.Thread(target=http.run, daemon=True).start()
     try:
         yield model_server, f"127.0.0.1:{http.effective_port}"

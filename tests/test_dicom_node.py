@@ -95,13 +95,15 @@ def c_store(port: int, *instances: bytes, called: str = NODE_AET, tls_args=None)
 
 
 def stow(port: int, *parts: bytes, content_type: str = 'multipart/related; type="application/dicom"',
-         roles=("clinician",), token: str | None = None):
-    """A STOW-RS request with a token carrying ``roles`` (``token`` "": none at all)."""
+         roles=("clinician",), token: str | None = None, ca: Path | None = None):
+    """A STOW-RS request with a token carrying ``roles`` (``token`` "": none at all); over HTTPS
+    trusting ``ca`` when given."""
     boundary = "node-test-boundary-7f3a"
     body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), p) for p in parts)
     body += b"--%s--\r\n" % boundary.encode()
     token = TRUSTED["issuer"].token("pacs-router", roles) if token is None else token
-    return requests.post(f"http://127.0.0.1:{port}/studies", data=body, timeout=30,
+    url = f"https://localhost:{port}/studies" if ca else f"http://127.0.0.1:{port}/studies"
+    return requests.post(url, data=body, timeout=30, verify=str(ca) if ca else True,
                          headers={"Content-Type": f"{content_type}; boundary={boundary}",
                                   **({"Authorization": f"Bearer {token}"} if token else {})})
 
@@ -214,6 +216,16 @@ def test_stow_rs_needs_a_token_with_the_clinician_role():
         assert stow(node.http_port, image, roles=("auditor",)).status_code == 403
         assert node.inbox.status()["instances_waiting"] == 0
         assert stow(node.http_port, image).status_code == 200
+        assert node.inbox.status()["instances_waiting"] == 1
+
+
+def test_stow_rs_over_https_takes_an_image_and_plain_http_gets_no_answer(pki):
+    ca, node_pair, _ = pki
+    with running_node(http_tls=TLSFiles(node_pair.cert, node_pair.key)) as node:
+        with pytest.raises(requests.ConnectionError):
+            stow(node.http_port, mammogram())                       # plaintext to the HTTPS door
+        assert node.inbox.status()["instances_waiting"] == 0
+        assert stow(node.http_port, mammogram(), ca=ca.cert).status_code == 200
         assert node.inbox.status()["instances_waiting"] == 1
 
 
@@ -526,15 +538,18 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path, issue
     secret = tmp_path / "node-client.secret"
     secret.write_text("node-client-secret-for-the-test")
     issuer.register_client("dicom-node", secret.read_text(), ["clinician"])
-    with live_gateway(pipeline_outputs, root, issuer) as (_, gateway), \
-            orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, open(log_path, "w") as log:
+    with orthanc.running(tmp_path / "orthanc", node=(NODE_AET, node_port)) as archive, \
+            live_gateway(pipeline_outputs, root, issuer, tls_files=TLSFiles(*_pair(archive.ca, "gateway"))) \
+            as (_, gateway), open(log_path, "w") as log:
         anonymous, _ = archive.rest("GET", "/dicom-web/studies", user=None)
         assert anonymous == 401, "the PACS must require authentication for this test to mean anything"
         own = archive.ca.certify("node")
-        certificates = [f"--{hop}-tls-{part}={path}" for hop in ("dicom", "pacs")
-                        for part, path in (("cert", own.cert), ("key", own.key), ("ca", archive.ca.cert))]
+        gateway = f"https://localhost:{gateway.rsplit(':', 1)[1]}"           # the name its certificate carries
+        certificates = [f"--{hop}-tls-{part}={path}" for hop in ("dicom", "pacs", "http", "gateway")
+                        for part, path in (("cert", own.cert), ("key", own.key), ("ca", archive.ca.cert))
+                        if (hop, part) != ("http", "ca")]                # STOW-RS clients bring tokens, not certificates
         process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node", "--gateway", f"http://{gateway}",
+            [sys.executable, "-m", "dicom_node", "--gateway", gateway,
              "--store-to", "dicomweb", archive.dicomweb, "--ae-title", NODE_AET, "--dicom-port", str(node_port),
              "--http-port", str(http_port), "--quiet-seconds", "2", "--retry-delay", "1",
              "--strategy", "mammography=progressive", "--strategy", "ultrasound=unfrozen",
@@ -545,14 +560,14 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path, issue
             stdout=log, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "BCIMAGING_PHI_KEY": PHI_KEY.decode()})
         try:
-            wait_for(lambda: _healthy(http_port), 60, "the node's /healthz")
+            wait_for(lambda: _healthy(http_port, archive.ca.cert), 60, "the node's /healthz over HTTPS")
             for image in images:
                 archive.send("node", archive.upload(image))
             client = DICOMwebClient(archive.dicomweb, session=archive.session())
             for image in images:
-                _check_report(client, image, f"http://{gateway}", "ultrasound/unfrozen"
+                _check_report(client, image, gateway, "ultrasound/unfrozen"
                               if pydicom.dcmread(io.BytesIO(image)).Modality == "US" else "mammography/progressive",
-                              issuer)
+                              issuer, archive.ca.cert)
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- the node's log ---\n{log_path.read_text()[-4000:]}") from None
         finally:
@@ -573,14 +588,21 @@ def test_round_trip_pacs_node_gateway_and_back(pipeline_outputs, tmp_path, issue
     assert all(secret not in (tmp_path / "node-audit.jsonl").read_text() for secret in (mg_study, str(header.PatientID)))
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, ca=None) -> bool:
     try:
-        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        if ca is None:
+            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        return requests.get(f"https://localhost:{port}/healthz", timeout=2, verify=str(ca)).status_code == 200
     except requests.RequestException:
         return False
 
 
-def _check_report(client: DICOMwebClient, image: bytes, gateway: str, cohort: str, issuer) -> None:
+def _pair(ca, name: str):
+    pair = ca.certify(name)
+    return pair.cert, pair.key
+
+
+def _check_report(client: DICOMwebClient, image: bytes, gateway: str, cohort: str, issuer, ca=None) -> None:
     header = pydicom.dcmread(io.BytesIO(image), stop_before_pixels=True)
     found = wait_for(lambda: [f for f in client.search_for_instances(
         study_instance_uid=header.StudyInstanceUID, search_filters={"Modality": "SR"})
@@ -590,6 +612,7 @@ def _check_report(client: DICOMwebClient, image: bytes, gateway: str, cohort: st
     findings = dciodvfy.validate(_part10(report))
     assert not findings.errors, findings.describe()
     answer = requests.post(f"{gateway}/api/v1/cohorts/{cohort}:compare", data=image, timeout=60,
+                           verify=str(ca) if ca else True,
                            headers={"Content-Type": "application/dicom", "Accept": "application/json",
                                     **issuer.headers()})
     assert answer.status_code == 200, answer.text
