@@ -15,6 +15,8 @@
   single p50 (target <= 1.25x; the report's sequential compare costs the sum);
 - throughput with 1, 4 and 16 concurrent clients, server batching on and off, against the
   model's own batch-16 throughput in-process (target at 16 clients >= 0.8x);
+- TLS: the single-model figures again with mutual TLS on the gRPC hop (gateway and direct
+  client present certificates from a CA made for the run), beside the plaintext ones;
 - identity: every gateway request carries a bearer token verified against a local OpenID
   provider (tests/oidc.py) as deployed; the token check alone (TokenVerifier.verify with the
   keys cached) is timed in-process over 2,000 tokens (target <= 0.3 ms p50).
@@ -175,21 +177,43 @@ def token_check_ms(issuer, count: int = 2000) -> tuple[float, float]:
     return percentiles(times)
 
 
-def start_stack(repo: Path, batching: bool, issuer) -> tuple[list[subprocess.Popen], str]:
+def start_stack(repo: Path, batching: bool, issuer, tls=None) -> tuple[list[subprocess.Popen], str, str]:
+    """Model server and gateway processes; with ``tls`` (tests.tlsca pairs: server, client, CA) the
+    gRPC hop is mutual TLS."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "BCIMAGING_PHI_KEY": "bench-phi-key-" + "0" * 24}
     grpc_port, http_port = free_port(), free_port()
+    host = "localhost" if tls else "127.0.0.1"          # the name the server's certificate carries
+    server_tls = ["--tls-cert", str(tls[0].cert), "--tls-key", str(tls[0].key), "--tls-ca", str(tls[2])] if tls else []
+    client_tls = ["--serving-tls-cert", str(tls[1].cert), "--serving-tls-key", str(tls[1].key),
+                  "--serving-tls-ca", str(tls[2])] if tls else []
     server = subprocess.Popen([sys.executable, "-m", "serving", "serve", "--model-repo", str(repo), "--port",
-                               str(grpc_port)] + ([] if batching else ["--no-batching"]), cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               str(grpc_port)] + ([] if batching else ["--no-batching"]) + server_tls, cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--model-repo", str(repo), "--serving",
-                                f"127.0.0.1:{grpc_port}", "--port", str(http_port), "--threads", "24",
+                                f"{host}:{grpc_port}", "--port", str(http_port), "--threads", "24", *client_tls,
                                 "--deadline", "120", "--oidc-issuer", issuer.url, "--oidc-audience", issuer.audience,
                                 "--audit-log", str(repo.parent / f"audit-{http_port}.jsonl"),
                                 "--rate-limit", "1000000/minute"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{http_port}"
     wait_http(url + "/readyz")
-    return [server, gateway], url, f"127.0.0.1:{grpc_port}"
+    return [server, gateway], url, f"{host}:{grpc_port}"
+
+
+def paired_single(url: str, client, body: bytes, png: bytes, n: int, gateway_pid: int, name: str):
+    """(gateway seconds, direct seconds, gateway CPU ms per request) of ``n`` alternating calls."""
+    for _ in range(3):
+        post(f"{url}/api/v1/models/{name}:predict", body)
+        client.predict(name, png)
+    through, straight, cpu = [], [], 0.0
+    for _ in range(n):              # alternate, so both see the same machine state
+        before = cpu_seconds(gateway_pid)
+        through.append(post(f"{url}/api/v1/models/{name}:predict", body))
+        cpu += cpu_seconds(gateway_pid) - before
+        t = time.perf_counter()
+        client.predict(name, png)
+        straight.append(time.perf_counter() - t)
+    return through, straight, cpu * 1000 / n
 
 
 def main(argv: list[str]) -> int:
@@ -244,21 +268,11 @@ def main(argv: list[str]) -> int:
                 single = {}
                 for backbone in catalog.BACKBONES:
                     name = catalog.model_name(MODALITY, backbone, STRATEGY)
-                    for _ in range(3):
-                        post(f"{url}/api/v1/models/{name}:predict", body)
-                        client.predict(name, png)
-                    through, straight, cpu = [], [], 0.0
-                    for _ in range(n):              # alternate, so both see the same machine state
-                        before = cpu_seconds(procs[1].pid)
-                        through.append(post(f"{url}/api/v1/models/{name}:predict", body))
-                        cpu += cpu_seconds(procs[1].pid) - before
-                        t = time.perf_counter()
-                        client.predict(name, png)
-                        straight.append(time.perf_counter() - t)
+                    through, straight, cpu = paired_single(url, client, body, png, n, procs[1].pid, name)
                     single[backbone] = percentiles(through)
                     if batching:
                         grpc_direct[backbone] = percentiles(straight)
-                        paired[backbone] = (float(np.median(np.subtract(through, straight)) * 1000), cpu * 1000 / n)
+                        paired[backbone] = (float(np.median(np.subtract(through, straight)) * 1000), cpu)
                 compare = percentiles([post(f"{url}/api/v1/cohorts/{MODALITY}/{STRATEGY}:compare", body) for _ in range(n)])
                 name = catalog.model_name(MODALITY, "resnet50", STRATEGY)
                 if batching:
@@ -279,6 +293,27 @@ def main(argv: list[str]) -> int:
                     p.terminate()
                     p.wait(30)
 
+        # the same, batching on, with mutual TLS on the gRPC hop (certificates from a CA made here)
+        from components.core.tls import TLSFiles
+        from tests.tlsca import CertificateAuthority
+
+        ca = CertificateAuthority(Path(tmp) / "ca")
+        pairs = (ca.certify("model-server", client=False), ca.certify("gateway", server=False), ca.cert)
+        procs, url, target = start_stack(repo, True, issuer, tls=pairs)
+        client = ServingClient(target, deadline_s=120, tls=TLSFiles(pairs[1].cert, pairs[1].key, ca.cert))
+        secure = {}
+        try:
+            for backbone in catalog.BACKBONES:
+                name = catalog.model_name(MODALITY, backbone, STRATEGY)
+                through, straight, _ = paired_single(url, client, body, png, n, procs[1].pid, name)
+                secure[backbone] = (percentiles(through), percentiles(straight),
+                                    float(np.median(np.subtract(through, straight)) * 1000))
+        finally:
+            client.close()
+            for p in procs:
+                p.terminate()
+                p.wait(30)
+
     single, compare, throughput = results[True]
     print("\nsingle-model latency (batching on)   direct gRPC p50/p99    gateway p50/p99   "
           "overhead: paired p50, p50s, p99s   gateway CPU")
@@ -288,6 +323,12 @@ def main(argv: list[str]) -> int:
         overhead, cpu = paired[backbone]
         print(f"  {backbone:<12} {d50:9.1f} / {d99:7.1f} ms   {g50:9.1f} / {g99:7.1f} ms   {overhead:+6.1f} ms"
               f" (target <= 3), {g50 - d50:+6.1f}, {g99 - d99:+6.1f} ms   {cpu:5.1f} ms/request")
+    print("\nthe same with mutual TLS on the gRPC hop     direct gRPC+TLS p50   gateway p50   "
+          "overhead: paired p50 (TLS on both), gateway p50 against plaintext direct p50")
+    for backbone in catalog.BACKBONES:
+        (g50, _), (d50, _), overhead = secure[backbone]
+        print(f"  {backbone:<12} {d50:9.1f} ms ({d50 - grpc_direct[backbone][0]:+.1f} for TLS)   {g50:9.1f} ms   "
+              f"{overhead:+6.1f} ms, {g50 - grpc_direct[backbone][0]:+6.1f} ms (target <= 3)")
     (c50, c99), (e50, e99) = crowd["gateway"], crowd["direct"]
     print(f"  16 concurrent clients, resnet50: gateway p50 {c50:.1f} / p99 {c99:.1f} ms, direct {e50:.1f} / "
           f"{e99:.1f} ms: overhead p50 {c50 - e50:+.1f} ms, p99 {c99 - e99:+.1f} ms")
@@ -315,6 +356,7 @@ def main(argv: list[str]) -> int:
         **{f"overhead_p50_ms_{b}": round(paired[b][0], 2) for b in catalog.BACKBONES},
         **{f"direct_p50_ms_{b}": round(grpc_direct[b][0], 1) for b in catalog.BACKBONES},
         **{f"gateway_cpu_ms_{b}": round(paired[b][1], 2) for b in catalog.BACKBONES},
+        **{f"overhead_tls_paired_p50_ms_{b}": round(secure[b][2], 2) for b in catalog.BACKBONES},
         "compare_p50_ms": round(compare[0], 1), "idle_rss_mb": round(lean),
         "token_check_p50_ms": round(check[0], 3), "token_check_p99_ms": round(check[1], 3),
         **{f"throughput_img_s_{c}_clients": round(results[True][2][c], 1) for c in (1, 4, 16)}})

@@ -37,6 +37,10 @@ CATEGORIES = (
     ("image check: header, full decode", ("components/imaging/images.py", "PIL/")),
     ("input statistics (drift)", ("components/imaging/inputstats.py", "numpy/")),
     ("metrics (Prometheus)", ("prometheus_client/",)),
+    ("identity: token check (PyJWT, cryptography)", ("jwt/", "cryptography/", "components/core/identity.py")),
+    ("access audit: event, hash chain, append", ("components/core/audit.py", "components/core/phi.py", "hashlib",
+                                                 "hmac")),
+    ("rate limit (Flask-Limiter)", ("flask_limiter/", "limits/")),
     ("JSON and base64: body, answer", ("json/", "base64.py", "binascii", "flask/json")),
     ("Flask and Werkzeug: request, routing, response", ("flask/", "werkzeug/", "jinja2/", "click/")),
     ("gateway: uploads, service, state, cards", ("gateway/",)),
@@ -140,6 +144,10 @@ def main(argv: list[str]) -> int:
         print(f"  {label:<52} {ms:7.2f}  {share}")
     print(f"  {'gateway own work (everything but the wait)':<52} {own:7.2f}")
     print(f"\n  the model server's answer took {waiting:.1f} ms of each request's wall time")
+    others = sorted(((v[2], k) for k, v in pstats.Stats(profile).stats.items()
+                     if category(k).startswith("other")), reverse=True)[:8]
+    print("  the largest of 'other':", "; ".join(f"{k[0].rsplit('/', 1)[-1]}:{k[2]} {t * 1000 / n:.2f} ms"
+                                                for t, k in others))
     return 0
 
 
