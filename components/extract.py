@@ -260,14 +260,13 @@ def _manifest_options(args, fmt: str, preset: dict) -> dict:
     return options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m components.extract", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--modality", required=True, choices=list(catalog.MODALITIES))
+def add_source_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options that name a source and its format (``source_from_args`` reads them back): the
+    extract step and site acceptance read a hospital's images alike."""
     ap.add_argument("--source", help="dataset root (DDSM .tfrecords file/folder, class folders, IDC tree, "
                                      "or the folder a --manifest's paths are relative to)")
     ap.add_argument("--sources", help="a JSON file listing several sources (components.data.sources)")
     ap.add_argument("--source-name", help="the source's name in every record (default: its folder's name)")
-    ap.add_argument("--out", required=True, help="output folder (replaced atomically)")
     ap.add_argument("--format", dest="source_format", choices=list(readers.FORMATS),
                     help="source format (default: the modality's, see components.core.catalog; manifest with --manifest)")
     ap.add_argument("--label-map", help="class folders: folder=label pairs, e.g. malignant=1,benign=0,normal=0; "
@@ -291,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "abnormalities: one record, positive when any of them is")
     ap.add_argument("--phi-key-file", help=f"dicom: the secret key of the patient/file pseudonyms (at least "
                                            f"{phi.MIN_KEY_BYTES} bytes; default ${phi.KEY_FILE_ENV} or ${phi.KEY_ENV})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m components.extract", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modality", required=True, choices=list(catalog.MODALITIES))
+    add_source_arguments(ap)
+    ap.add_argument("--out", required=True, help="output folder (replaced atomically)")
     ap.add_argument("--max-quarantine", type=float, default=0.01, help="fail when more than this fraction is quarantined (default 0.01)")
     ap.add_argument("--num-shards", type=int, default=0, help="TFRecord shards (0: the runner decides)")
     ap.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS)

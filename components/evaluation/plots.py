@@ -9,7 +9,8 @@ import numpy as np
 from components.evaluation.predictions import Scored
 
 
-def draw(out: Path, scored: Scored, threshold, label_names, history: dict | None, title: str) -> None:
+def draw(out: Path, scored: Scored, threshold, label_names, history: dict | None, title: str,
+         threshold_from: str = "validation") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -36,7 +37,7 @@ def draw(out: Path, scored: Scored, threshold, label_names, history: dict | None
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ConfusionMatrixDisplay.from_predictions(y, (p >= threshold).astype(int), labels=[0, 1],
                                             display_labels=list(label_names), ax=ax, colorbar=False)
-    ax.set_title("threshold from validation" + ("" if np.ndim(threshold) else f": {float(threshold):.3f}"), fontsize=9)
+    ax.set_title(f"threshold from {threshold_from}" + ("" if np.ndim(threshold) else f": {float(threshold):.3f}"), fontsize=9)
     save(fig, "confusion_matrix.png")
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     CalibrationDisplay.from_predictions(y, p, n_bins=10, ax=ax, name="pooled" if per_source else title)
