@@ -1,10 +1,13 @@
-"""``python -m serving push|labels|promote|rollback|serve|configs|protos``: the model repository,
-the operators' commands that move its labels (each recorded in the model's history), the
-embedded server and the TF Serving protocol descriptors the gateway uses.
+"""``python -m serving push|labels|promote|rollback|site-accept|site-revoke|serve|configs|protos``:
+the model repository, the operators' commands that move its labels and its sites' operating
+points (each recorded in the model's history), the embedded server and the TF Serving protocol
+descriptors the gateway uses.
 
-    python -m serving labels M --model-repo R            # stable, canary, versions, the last decisions
+    python -m serving labels M --model-repo R            # stable, canary, versions, sites, the last decisions
     python -m serving promote M V --model-repo R --reason "..." [--serving HOST:PORT]
     python -m serving rollback M --model-repo R --reason "..."
+    python -m serving site-accept M --profile FILE --model-repo R --reason "..."
+    python -m serving site-revoke M SITE --model-repo R --reason "..."
 """
 from __future__ import annotations
 
@@ -44,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--model-repo", required=True)
     rb.add_argument("--reason", required=True, help="why (recorded)")
     rb.add_argument("--base-path")
+    sa = sub.add_parser("site-accept", help="put a site's accepted operating point in effect (recorded)")
+    sa.add_argument("model")
+    sa.add_argument("--profile", required=True, help="the site profile written by site acceptance (JSON)")
+    sa.add_argument("--model-repo", required=True)
+    sa.add_argument("--reason", required=True, help="why (recorded)")
+    sr = sub.add_parser("site-revoke", help="take a site's operating point out of effect: the model's own (recorded)")
+    sr.add_argument("model")
+    sr.add_argument("site")
+    sr.add_argument("--model-repo", required=True)
+    sr.add_argument("--reason", required=True, help="why (recorded)")
     s = sub.add_parser("serve", help="the embedded TF-Serving-compatible gRPC server")
     s.add_argument("--model-repo", required=True)
     s.add_argument("--port", type=int, default=8500, help="gRPC port (tensorflow_model_server --port)")
@@ -65,7 +78,7 @@ def _run(args, _):
 
         print(f"wrote {protos_build.write()}")
         return
-    from serving import configs, layout, repository
+    from serving import configs, layout, repository, sites
 
     if args.command == "push":
         canary = {"blessed": True, "reason": args.reason or "pushed by an operator with --canary"} if args.canary else None
@@ -84,6 +97,15 @@ def _run(args, _):
     elif args.command == "rollback":
         entry = repository.rollback(args.model_repo, args.model, args.reason, base_path=args.base_path)
         print(f"{args.model}: {entry['label']} {entry['from']} rolled back; stable is {layout.labels(args.model_repo, args.model).get('stable')}")
+    elif args.command == "site-accept":
+        entry = sites.accept(args.model_repo, args.model, args.profile, args.reason)
+        profile = entry["evidence"]["profile"]
+        print(f"{args.model}: site {profile['site']} at version {profile['version']}: temperature "
+              f"{profile['temperature']:g}, threshold {profile['threshold']:g} ({args.reason})")
+    elif args.command == "site-revoke":
+        entry = sites.revoke(args.model_repo, args.model, args.site, args.reason)
+        print(f"{args.model}: site {args.site} revoked (was version {entry['from']}); it gets the model's own "
+              "operating point")
     elif args.command == "configs":
         configs.write_configs(args.model_repo, args.base_path)
         print(f"wrote {args.model_repo}/{configs.MODELS_CONFIG} and {configs.BATCHING_CONFIG}")
@@ -102,12 +124,15 @@ def _run(args, _):
 
 
 def describe(root, model: str, last: int = 10) -> str:
-    from serving import history, layout
+    from serving import history, layout, sites
 
     layout.model_folder(Path(root), model)
     current = layout.labels(root, model)
     lines = [f"{model}: stable {current.get('stable', '-')}, canary {current.get('canary', '-')}; "
              f"versions {layout.versions(root, model)}"]
+    for site, p in sorted(sites.current(root, model).items()):
+        lines.append(f"  site {site}: version {p['version']}, temperature {p['temperature']:g}, threshold "
+                     f"{p['threshold']:g}, acceptance {p['acceptance_sha256'][:12]}")
     for r in history.read(root, model)[-last:]:
         words = [r["action"], r.get("label") or "",
                  "" if r.get("to") is None and r.get("from") is None else f"{r.get('from') or '-'} -> {r.get('to') or '-'}"]

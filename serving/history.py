@@ -13,7 +13,9 @@ status). The actions:
 - ``canary``: a candidate blessed by evidence (non-inferior to the champion) takes the canary;
 - ``promote``: an operator moves ``stable`` to a version (the canary, usually);
 - ``rollback``: an operator takes the canary away, or moves ``stable`` back to the version
-  that was stable before it.
+  that was stable before it;
+- ``site-accept`` and ``site-revoke``: an operator puts a site's accepted operating point in
+  effect for one version, or takes it out (``serving.sites``; ``label`` names the site).
 
 A label only ever names a verified version. The file is rewritten whole under a temporary name
 and renamed (the callers hold the repository's lock), so a reader sees the history before or
@@ -31,7 +33,7 @@ from components.core import audit
 from components.core.atomic import write_bytes
 
 HISTORY = "history.jsonl"
-ACTIONS = ("verified", "refused", "stable", "canary", "promote", "rollback")
+ACTIONS = ("verified", "refused", "stable", "canary", "promote", "rollback", "site-accept", "site-revoke")
 
 
 def path(root: str | Path, model: str) -> Path:

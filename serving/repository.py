@@ -22,8 +22,6 @@ still need.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -36,6 +34,7 @@ from components.core.atomic import fsync_dir, fsync_tree
 from serving import history
 from serving.configs import write_configs
 from serving.layout import CARD, DIGEST, check_card, labels, model_folder, versions
+from serving.lock import locked
 
 @dataclass(frozen=True)
 class PushResult:
@@ -67,19 +66,6 @@ def _file_digests(export_dir: Path) -> dict[str, str]:
     return file_digests(export_dir, exclude=[DIGEST.as_posix()])
 
 
-@contextlib.contextmanager
-def _locked(root: Path):
-    """One writer at a time: pipelines of several modalities push into one repository, and each
-    rewrites models.config from the folder listing; without the lock one could drop another's model."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".push.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str | None = None,
          canary: dict | None = None, user: str | None = None) -> PushResult:
     """Publish ``export_dir`` as the model's next version, once it has loaded and warmed up.
@@ -103,7 +89,7 @@ def push(export_dir: str | Path, root: str | Path, keep: int = 3, base_path: str
     model = card_["model_name"]
     model_folder(root, model)
     files = _file_digests(export_dir)          # read once: the export's digest and the load's
-    with _locked(root):
+    with locked(root):
         return _push_locked(export_dir, root, model, files, keep, base_path, canary, user)
 
 
@@ -188,7 +174,7 @@ def promote(root: str | Path, model: str, version: int, reason: str, evidence: d
 
     root = Path(root)
     model_folder(root, model)
-    with _locked(root):
+    with locked(root):
         recorded = history.read(root, model)
         if version not in versions(root, model):
             raise ValueError(f"{model} has no version {version}; it has {versions(root, model)}")
@@ -208,7 +194,7 @@ def rollback(root: str | Path, model: str, reason: str, user: str | None = None,
 
     root = Path(root)
     model_folder(root, model)
-    with _locked(root):
+    with locked(root):
         before = labels(root, model)
         if "canary" in before:
             entry = history.append(root, model, "rollback", from_=before["canary"], to=before.get("stable"),
