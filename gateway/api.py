@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from gateway import errors, openapi, service
+from gateway import errors, openapi, operating, service
 from gateway.state import current
 from serving.client import ServingUnavailable
 
@@ -58,8 +58,9 @@ def predict(name):
     card = p.deployed.card(name)
     if card is None:
         raise errors.NotDeployed(f"no model named {name!r} is deployed")
+    site = operating.resolve(p.deployed, request.args.get("site"))     # before the image is read
     upload = p.read_upload(request, card["image_size"], card["modality"])
-    result = service.predict(p, name, upload)
+    result = service.predict(p, name, upload, site)
     p.metrics.predictions.labels(name).inc()
     if _wants_dicom():
         return _dicom(service.dicom_report(p.deployed, upload, [result]))
@@ -72,8 +73,9 @@ def compare(modality, strategy):
     names = p.deployed.cohort(modality, strategy)
     if not names:
         raise errors.NotDeployed(f"no cohort {modality}/{strategy} is deployed")
+    site = operating.resolve(p.deployed, request.args.get("site"))
     upload = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names), modality)
-    result = service.compare(p, names, upload)
+    result = service.compare(p, names, upload, site)
     for r in result["models"]:
         p.metrics.predictions.labels(r["model"]).inc()
     if _wants_dicom():

@@ -1,5 +1,6 @@
 """What is deployed, read from the model repository: each model's labels (stable, canary: as
-its recorded decisions left them, ``serving.history``) and card, that of the stable version
+its recorded decisions left them, ``serving.history``), its sites' operating points in effect
+(``serving.sites``) and card, that of the stable version
 (for a model from before the history: the version the model server answers with, learned from
 its answers and status; the newest folder until then). Routes and pages come from here, not
 from code, so adding a model or a modality to the repository needs no gateway change. A broken
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from components.core import catalog
 from components.core.artifacts import PICTURES
-from serving import layout
+from serving import layout, sites
 
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class Deployed:
         self.skipped: dict[str, str] = {}    # model -> why its card is not offered
         self._served: dict[str, int] = {}     # model -> version the model server answers with
         self._labels: dict[str, dict[str, int]] = {}
+        self._sites: dict[str, dict[str, dict]] = {}     # model -> site -> profile in effect
+        self._known_sites: list[str] = []                 # every site a deployed model has had a profile for
         self._version_cards: dict[tuple[str, int], dict] = {}
 
     def _state_key(self):
@@ -42,8 +45,8 @@ class Deployed:
         directory listings and one stat per model)."""
         from serving import history
 
-        listing = tuple((m, tuple(layout.versions(self.root, m)), _mtime(history.path(self.root, m)))
-                        for m in layout.models(self.root))
+        listing = tuple((m, tuple(layout.versions(self.root, m)), _mtime(history.path(self.root, m)),
+                         _mtime(sites.path(self.root, m))) for m in layout.models(self.root))
         return listing, tuple(sorted(self._served.items()))
 
     def note_served(self, name: str, version: int) -> None:
@@ -59,8 +62,8 @@ class Deployed:
         with self._lock:
             self._listed_at = time.monotonic()
             if key != self._key:
-                cards, skipped, all_labels = {}, {}, {}
-                for name, versions, _ in key[0]:
+                cards, skipped, all_labels, all_sites, known = {}, {}, {}, {}, set()
+                for name, versions, *_ in key[0]:
                     if not versions:
                         continue
                     labels = layout.labels(self.root, name)
@@ -79,12 +82,26 @@ class Deployed:
                         log.warning("not offering %s: %s", name, skipped[name])
                         continue
                     cards[name] = {**card, "version": version, "labels": labels}
+                    all_sites[name], known_here = _sites_of(self.root, name)
+                    known |= known_here
                 self._cards, self.skipped, self._labels, self._key = cards, skipped, all_labels, key
+                self._sites, self._known_sites = all_sites, sorted(known)
             return self._cards
 
     def labels(self, name: str) -> dict[str, int]:
         self.cards()
         return self._labels.get(name, {})
+
+    def sites(self, name: str) -> dict[str, dict]:
+        """``{site: profile}`` in effect for ``name`` (gateway.operating applies them)."""
+        self.cards()
+        return self._sites.get(name, {})
+
+    def known_sites(self) -> list[str]:
+        """Every site a deployed model has had a profile for, revoked ones too: a site's
+        configured clients keep working (at the model's own point) after a revocation."""
+        self.cards()
+        return self._known_sites
 
     def card_of(self, name: str, version: int) -> dict | None:
         """The card of one version (the one that answered a request), read once."""
@@ -128,6 +145,16 @@ class Deployed:
             return None
         path = self.root / name / str(card["version"]) / "assets.extra" / filename
         return path if path.is_file() else None
+
+
+def _sites_of(root: Path, name: str) -> tuple[dict[str, dict], set[str]]:
+    """(profiles in effect, every site known) of one model; an unreadable sites.json offers none
+    rather than taking every page down (logged: the operator rewrites it with the next decision)."""
+    try:
+        return sites.current(root, name), sites.known(root, name)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("no site operating points for %s: its %s is unreadable (%s)", name, sites.SITES, type(e).__name__)
+        return {}, set()
 
 
 def _mtime(path: Path) -> float:

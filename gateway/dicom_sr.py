@@ -4,10 +4,11 @@ One Comprehensive 3D SR (built with highdicom) holding a TID 1500 Measurement Re
 image's own study, following IHE AI Results (AIR):
 - one measurement group (TID 1501, an image-level finding that references the source image)
   per model: its Probability of cancer (DCM 111047, UCUM "1"), its decision at the model's
-  validation threshold as a qualitative evaluation (Malignant neoplastic disease: Present or
-  Absent), and its algorithm identification (TID 4019: name, version, the model card's SHA-256
-  and the threshold as parameters); a cohort compare gives three groups, and the cohort
-  ensemble a fourth;
+  operating point's threshold as a qualitative evaluation (Malignant neoplastic disease: Present
+  or Absent), and its algorithm identification (TID 4019: name, version, the model card's
+  SHA-256 and the operating point as parameters: the site, or the model's own, the threshold,
+  the temperature and the site's acceptance evidence); a cohort compare gives three groups, and
+  the cohort ensemble a fourth;
 - a device observer per model (TID 1004) and a Contributing Equipment item per model
   (Processing Equipment, manufacturer, model name, version, Device UID). The Device UID is a
   name-based UUID of the model's name, version and card hash, so the same model always signs
@@ -67,6 +68,9 @@ class ModelResult:
     threshold: float                  # decision threshold, chosen on validation
     positive: bool                    # the label the model answered at that threshold
     members: tuple[str, ...] = ()     # the ensemble's members ("name:version")
+    site: str | None = None           # the site whose accepted operating point was used; None: the model's own
+    temperature: float = 1.0          # the site's temperature scaling of the served probability
+    acceptance_sha256: str | None = None   # the site acceptance's evidence (with a site)
 
     def __post_init__(self):
         if not 0.0 <= self.probability <= 1.0:
@@ -75,6 +79,8 @@ class ModelResult:
             raise ValueError(f"{self.model_name}: threshold {self.threshold} is not in [0, 1]")
         if len(self.card_sha256) != 64 or any(c not in "0123456789abcdef" for c in self.card_sha256):
             raise ValueError(f"{self.model_name}: card_sha256 is not a lowercase hex SHA-256")
+        if not self.temperature > 0:
+            raise ValueError(f"{self.model_name}: temperature {self.temperature} is not above 0")
 
     @property
     def version_text(self) -> str:
@@ -199,9 +205,14 @@ def _measurement_group(image: pydicom.Dataset, result: ModelResult,
 
 
 def _algorithm(result: ModelResult, manufacturer: str) -> hd.sr.AlgorithmIdentification:
-    """TID 4019; the card hash pins exactly which trained model this was, the threshold how
-    its probability became the finding."""
-    parameters = [f"{_hash_name(result)}={result.card_sha256}", f"decision_threshold={result.threshold:.6g}"]
+    """TID 4019; the card hash pins exactly which trained model this was, the operating point
+    (whose: a site's accepted one or the model's own; its threshold and temperature) how its
+    probability became the finding: the same model reads differently at different sites."""
+    parameters = [f"{_hash_name(result)}={result.card_sha256}",
+                  f"operating_point={'site ' + result.site if result.site else 'model own'}",
+                  f"decision_threshold={result.threshold:.6g}", f"temperature={result.temperature:.6g}"]
+    if result.acceptance_sha256:
+        parameters.append(f"site_acceptance_sha256={result.acceptance_sha256}")
     parameters += [f"member={m}" for m in result.members]
     return hd.sr.AlgorithmIdentification(name=result.model_name, version=result.version_text,
                                          parameters=parameters, manufacturer=manufacturer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from gateway.operating import UnknownSite
 from gateway.state import current
 from gateway.uploads import UploadError
 from serving.client import ServingRejected, ServingUnavailable
@@ -49,10 +50,12 @@ def describe(e: Exception) -> Problem:
             return Problem(503, "The model server is busy; try again shortly.", {"Retry-After": str(RETRY_AFTER_S)})
         status, message = REJECTED.get(e.code.name, (502, "The model server refused the request."))
         return Problem(status, message)
+    if isinstance(e, UnknownSite):
+        return Problem(400, str(e))
     if isinstance(e, NotDeployed):
         names = sorted(current().deployed.cards())
         return Problem(404, f"{e}; deployed: {', '.join(names) or 'none'}")
     raise e
 
 
-HANDLED = (UploadError, ServingUnavailable, ServingRejected, NotDeployed)
+HANDLED = (UploadError, ServingUnavailable, ServingRejected, NotDeployed, UnknownSite)

@@ -21,23 +21,40 @@ IMAGE_BODY = {
     "description": "The image file: PNG, JPEG, BMP, or a DICOM Part 10 image (Digital Mammography X-Ray or "
                    "Ultrasound; the model's modality) in any field, or as the whole application/dicom body.",
 }
+OPERATING_POINT = {
+    "type": "object", "additionalProperties": False,
+    "required": ["site", "version", "temperature", "threshold", "acceptance_sha256", "reason"],
+    "description": "The operating point the answer used: a site's accepted profile (for the version that answered), "
+                   "or the model's own (site null, temperature 1), with the reason.",
+    "properties": {"site": {"type": "string", "nullable": True}, "version": {"type": "integer", "nullable": True},
+                   "temperature": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                   "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                   "acceptance_sha256": {"type": "string", "nullable": True, "pattern": "^[0-9a-f]{64}$"},
+                   "reason": STRING}}
+SITE_PARAMETER = {"name": "site", "in": "query", "required": False,
+                  "description": "A site whose accepted operating point (temperature and threshold) the answer uses "
+                                 "where one is in effect for the version that answers; without it, the model's own. "
+                                 "A site the repository does not know is a 400 naming the known ones.",
+                  "schema": {"type": "string", "pattern": "^[a-z0-9-]{1,32}$"}}
 PREDICTION = {"type": "object", "additionalProperties": False,
-              "required": ["model", "version", "version_label", "probability", "label", "label_name", "threshold"],
+              "required": ["model", "version", "version_label", "probability", "label", "label_name", "threshold",
+                           "operating_point"],
               "properties": {"model": STRING, "version": {"type": "integer"},
                              "version_label": {"type": "string", "nullable": True, "enum": ["stable", "canary", None]},
                              "probability": {"type": "number", "minimum": 0, "maximum": 1},
                              "label": {"type": "integer", "enum": [0, 1]}, "label_name": STRING,
-                             "threshold": {"type": "number"}}}
+                             "threshold": {"type": "number"}, "operating_point": OPERATING_POINT}}
 MODEL_ERROR = {"type": "object", "additionalProperties": False, "required": ["model", "error"],
                "properties": {"model": STRING, "error": STRING}}
 ENSEMBLE = {"oneOf": [
     {"type": "object", "additionalProperties": False,
-     "required": ["available", "model", "members", "probability", "label", "label_name", "threshold", "combination"],
+     "required": ["available", "model", "members", "probability", "label", "label_name", "threshold", "combination",
+                  "operating_point"],
      "properties": {"available": {"type": "boolean", "enum": [True]}, "model": STRING,
                     "members": {"type": "array", "items": STRING},
                     "probability": {"type": "number", "minimum": 0, "maximum": 1},
                     "label": {"type": "integer", "enum": [0, 1]}, "label_name": STRING, "threshold": {"type": "number"},
-                    "combination": STRING}},
+                    "combination": STRING, "operating_point": OPERATING_POINT}},
     {"type": "object", "additionalProperties": False, "required": ["available", "reason"],
      "properties": {"available": {"type": "boolean", "enum": [False]}, "reason": STRING}}]}
 COMPARISON = {"type": "object", "additionalProperties": False,
@@ -70,12 +87,13 @@ TENSOR_IN = {"type": "object", "required": ["name", "datatype", "shape"], "prope
     "parameters": {"type": "object"}, "data": {"type": "array", "items": STRING}}}
 INFER_REQUEST = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["inputs"], "properties": {
-        "id": STRING, "parameters": {"type": "object"},
+        "id": STRING, "parameters": {"type": "object", "properties": {"site": SITE_PARAMETER["schema"]}},
         "inputs": {"type": "array", "items": TENSOR_IN, "minItems": 1, "maxItems": 1},
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": STRING, "parameters": {"type": "object"}}}}}}}},
     "description": "An OIP inference request; the input image_bytes is BYTES, shape [n], each element an "
-                   "image file (PNG, JPEG, BMP or DICOM Part 10), its data base64 strings. With the binary "
+                   "image file (PNG, JPEG, BMP or DICOM Part 10), its data base64 strings; parameters.site asks for "
+                   "a site's accepted operating point (named in the response's operating_point_* parameters). With the binary "
                    "tensor data extension the body is the JSON header followed by the raw tensors (header "
                    "length in Inference-Header-Content-Length)."}
 TENSOR_OUT = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
@@ -96,7 +114,7 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _errors(schema: dict, *codes) -> dict:
-    text = {400: "bad image or request", 404: "unknown model, version or cohort", 413: "image too large",
+    text = {400: "bad image or request, or an unknown site", 404: "unknown model, version or cohort", 413: "image too large",
             415: "unsupported format", 422: "a DICOM file that is not an image this model reads (e.g. a "
                                             "Structured Report, or another modality's image)",
             502: "the model server refused the request",
@@ -186,11 +204,12 @@ def document() -> dict:
             "/api/v1/models": {"get": {"summary": "Deployed models and their model cards",
                                        "responses": {"200": _json(MODELS, "models")}}},
             "/api/v1/models/{name}:predict": {"post": {
-                "summary": "Predict with one model", "requestBody": IMAGE_BODY, "parameters": _path("name"),
+                "summary": "Predict with one model", "requestBody": IMAGE_BODY,
+                "parameters": _path("name") + [SITE_PARAMETER],
                 "responses": {"200": _json(PREDICTION, "prediction"), **predict_errors}}},
             "/api/v1/cohorts/{modality}/{strategy}:compare": {"post": {
                 "summary": "The cohort's three backbones on one image, side by side", "requestBody": IMAGE_BODY,
-                "parameters": _path("modality", "strategy"),
+                "parameters": _path("modality", "strategy") + [SITE_PARAMETER],
                 "responses": {"200": _json(COMPARISON, "predictions"), **predict_errors}}},
             "/api/v1/openapi.json": {"get": {"summary": "This document",
                                              "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, g, render_template, request, send_file
 
 from components.core.artifacts import PICTURES
-from gateway import errors, service
+from gateway import errors, operating, service
 from gateway.state import current
 
 blueprint = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -18,6 +18,7 @@ METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy"
 def _render(template: str, status: int = 200, **context):
     deployed = current().deployed
     return render_template(template, modalities=deployed.modalities(), cards=deployed.cards(),
+                           sites=deployed.known_sites(),
                            metric_names=METRIC_NAMES, metric_keys=tuple(METRIC_NAMES), **context), status
 
 
@@ -51,8 +52,9 @@ def model(name):
     result, status, message, overlay = None, 200, None, None
     if request.method == "POST":
         def run():
+            site = operating.resolve(p.deployed, request.form.get("site"))
             upload = p.read_upload(request, card["image_size"], card["modality"])
-            prediction = service.predict(p, name, upload)
+            prediction = service.predict(p, name, upload, site)
             p.metrics.predictions.labels(name).inc()
             return prediction, service.explain_overlay(p.client, name, upload.png, prediction["version"])
         outcome, status, message = _attempt(run)
@@ -62,8 +64,10 @@ def model(name):
     pictures = [f for f in PICTURES if p.deployed.picture(name, f)]
     operator = g.identity.has("operator")            # versions and decisions: an operator's business
     return _render("model.html", status, name=name, card=card, result=result, overlay=overlay, error=message,
+                   site=_asked_site(),
                    pictures=pictures, labels=p.deployed.labels(name) if operator else None,
-                   decisions=p.deployed.decisions(name) if operator else None)
+                   decisions=p.deployed.decisions(name) if operator else None,
+                   site_points=p.deployed.sites(name) if operator else None)
 
 
 @blueprint.route("/cohorts/<modality>/<strategy>", methods=["GET", "POST"])
@@ -75,11 +79,17 @@ def cohort(modality, strategy):
     result, status, message = None, 200, None
     if request.method == "POST":
         def run():
+            site = operating.resolve(p.deployed, request.form.get("site"))
             upload = p.read_upload(request, max(p.deployed.card(n)["image_size"] for n in names), modality)
-            return service.compare(p, names, upload)
+            return service.compare(p, names, upload, site)
         result, status, message = _attempt(run)
     return _render("compare.html", status, modality=modality, strategy=strategy, names=names, result=result,
-                   error=message)
+                   error=message, site=_asked_site())
+
+
+def _asked_site() -> str:
+    """The site field as the person left it (kept selected for the next image)."""
+    return request.form.get("site", "") if request.method == "POST" else ""
 
 
 @blueprint.get("/results")

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from gateway import dicom_sr
+from gateway import dicom_sr, operating
 from gateway.access import note_models
 from gateway.deployed import Deployed
 from gateway.errors import NotDeployed
@@ -23,15 +23,18 @@ from gateway.uploads import Upload, UploadError
 from serving.client import Prediction, ServingClient, ServingRejected, ServingUnavailable
 
 
-def _result(deployed: Deployed, prediction: Prediction, label: str | None) -> dict:
+def _result(deployed: Deployed, prediction: Prediction, label: str | None, site: str | None = None) -> dict:
+    """One model's answer at the operating point of ``site`` (gateway.operating), which it names."""
     deployed.note_served(prediction.model, prediction.version)
     card = deployed.card_of(prediction.model, prediction.version)
-    probability = float(prediction.outputs["probability"][0])
-    answer = int(prediction.outputs["label"][0])
+    point = operating.point(deployed, prediction.model, prediction.version, site,
+                            float(prediction.outputs["threshold"][0]))
+    probability, answer = operating.apply(point, float(prediction.outputs["probability"][0]),
+                                          int(prediction.outputs["label"][0]))
     return {"model": prediction.model, "version": prediction.version, "version_label": label,
             "probability": round(probability, 6), "label": answer,
             "label_name": (card or {}).get("label_names", ["negative", "positive"])[answer],
-            "threshold": round(float(prediction.outputs["threshold"][0]), 6)}
+            "threshold": round(point["threshold"], 6), "operating_point": point}
 
 
 def route(state, name: str, images: list[bytes], signature: str = "serving_default",
@@ -61,19 +64,22 @@ def route(state, name: str, images: list[bytes], signature: str = "serving_defau
     return prediction, label
 
 
-def predict(state, name: str, upload: Upload) -> dict:
+def predict(state, name: str, upload: Upload, site: str | None = None) -> dict:
+    """``site``: checked by the caller (gateway.operating.resolve), before the image is read."""
     if state.deployed.card(name) is None:
         raise NotDeployed(f"no model named {name!r} is deployed")
     prediction, label = route(state, name, [upload.png])
-    result = _result(state.deployed, prediction, label)
-    state.metrics.observe(name, prediction.version, label, result["probability"], upload.stats)
+    result = _result(state.deployed, prediction, label, site)
+    # drift watches what the model served, whatever operating point the answer used
+    state.metrics.observe(name, prediction.version, label, float(prediction.outputs["probability"][0]), upload.stats)
     return result
 
 
-def compare(state, names: list[str], upload: Upload) -> dict:
+def compare(state, names: list[str], upload: Upload, site: str | None = None) -> dict:
     """The cohort's models asked in parallel, each at its stable version (the ensemble was
-    validated with those); agreement says whether their labels concur, and the cohort ensemble
-    combines their answers (no forward pass of its own)."""
+    validated with those) and at ``site``'s operating point where one is in effect for it;
+    agreement says whether their labels concur, and the cohort ensemble combines their answers
+    (no forward pass of its own)."""
     labels = {n: "stable" if "stable" in state.deployed.labels(n) else None for n in names}
     outcomes = dict(zip(names, state.client.predict_many(names, upload.png, version_labels=labels)))
     unknown = [n for n, o in outcomes.items() if isinstance(o, ServingRejected) and o.code == grpc.StatusCode.NOT_FOUND
@@ -88,7 +94,7 @@ def compare(state, names: list[str], upload: Upload) -> dict:
         if isinstance(outcome, ServingRejected):
             results.append({"model": name, "error": str(outcome)})
         else:
-            results.append(_result(state.deployed, outcome, labels[name]))
+            results.append(_result(state.deployed, outcome, labels[name], site))
             probabilities[name] = float(outcome.outputs["probability"][0])
             state.metrics.observe(name, outcome.version, labels[name], probabilities[name], upload.stats)
     note_models(*[(r["model"], r.get("version")) for r in results])
@@ -96,18 +102,25 @@ def compare(state, names: list[str], upload: Upload) -> dict:
     agree = max(labels_.count(0), labels_.count(1)) if labels_ else 0
     return {"models": results, "agreement": {"agreeing": agree, "of": len(labels_),
                                              "unanimous": bool(labels_) and agree == len(labels_)},
-            "ensemble": ensemble(state.deployed, names, probabilities)}
+            "ensemble": ensemble(state.deployed, names, probabilities, results)}
 
 
-def ensemble(deployed: Deployed, names: list[str], probabilities: dict[str, float]) -> dict:
+def ensemble(deployed: Deployed, names: list[str], probabilities: dict[str, float], results: list[dict] = ()) -> dict:
     """The cohort ensemble's answer: the mean of the members' calibrated probabilities at the
     threshold chosen on validation (components.ensemble), when the versions that answered are
-    the members that ensemble was validated with; otherwise why there is none."""
+    the members that ensemble was validated with and every member answered at its own operating
+    point; otherwise why there is none. A site's profiles are accepted per model: no profile
+    exists for the ensemble, and its validation threshold is the kind that does not travel to a
+    site, so beside members at a site's operating point it would contradict them."""
     def unavailable(reason: str) -> dict:
         return {"available": False, "reason": reason}
 
     if len(probabilities) != len(names):
         return unavailable("not every member of the cohort answered")
+    at_site = sorted({r["operating_point"]["site"] for r in results if (r.get("operating_point") or {}).get("site")})
+    if at_site:
+        return unavailable(f"members answered at site {', '.join(at_site)}'s operating point, and no operating point "
+                           "is accepted for the ensemble at that site")
     entries = [(deployed.card(n) or {}).get("cohort_ensemble") for n in names]
     if any(e is None for e in entries):
         return unavailable("the served versions' cards name no cohort ensemble (exported alone, or before ensembles)")
@@ -121,9 +134,13 @@ def ensemble(deployed: Deployed, names: list[str], probabilities: dict[str, floa
     probability = sum(probabilities.values()) / len(probabilities)
     label = int(probability >= entry["threshold"])
     label_names = (deployed.card(names[0]) or {}).get("label_names", ["negative", "positive"])
+    threshold = round(float(entry["threshold"]), 6)
     return {"available": True, "model": entry["name"], "members": list(entry["members"]),
             "probability": round(probability, 6), "label": label, "label_name": label_names[label],
-            "threshold": round(float(entry["threshold"]), 6), "combination": entry["combination"]}
+            "threshold": threshold, "combination": entry["combination"],
+            "operating_point": {"site": None, "version": None, "temperature": 1.0, "threshold": threshold,
+                                "acceptance_sha256": None,
+                                "reason": "the ensemble's own operating point (chosen on validation)"}}
 
 
 def not_ready(state) -> str | None:
@@ -174,7 +191,7 @@ def dicom_report(deployed: Deployed, upload: Upload, answers: list[dict], ensemb
         raise UploadError(406, "a DICOM report (Accept: application/dicom) answers DICOM uploads only: "
                                "send the image as a DICOM Part 10 file, or accept application/json")
     results = [dicom_sr.ModelResult(a["model"], a["version"], _card_sha256(deployed, a["model"], a["version"]),
-                                    a["probability"], a["threshold"], bool(a["label"]))
+                                    a["probability"], a["threshold"], bool(a["label"]), **_point_of(a))
                for a in answers if "probability" in a]
     if ensemble_ and ensemble_.get("available"):
         entry = (deployed.card(answers[0]["model"]) or {}).get("cohort_ensemble", {})
@@ -187,6 +204,13 @@ def dicom_report(deployed: Deployed, upload: Upload, answers: list[dict], ensemb
     except dicom_sr.NonConformant as e:
         raise UploadError(422, f"{e}, so no DICOM report can be made on it (the value is not repeated here); "
                                "accept application/json for the answer alone") from None
+
+
+def _point_of(answer: dict) -> dict:
+    """The SR's words for the operating point an answer used."""
+    point = answer.get("operating_point") or {}
+    return {"site": point.get("site"), "temperature": point.get("temperature", 1.0),
+            "acceptance_sha256": point.get("acceptance_sha256")}
 
 
 def _card_sha256(deployed: Deployed, name: str, version: int) -> str:

@@ -9,6 +9,10 @@ clients of KServe, Triton and Seldon MLServer (e.g. ``tritonclient.http``) work 
                                                   (FP32), label (INT64), threshold (FP32)
 
 Each BYTES element is an image file: PNG, JPEG, BMP or a DICOM Part 10 image (gateway.uploads).
+``"parameters": {"site": "<site>"}`` asks for a site's operating point (gateway.operating);
+``infer`` names the point it used in scalar response parameters (``operating_point_site``,
+``_version``, ``_temperature``, ``_threshold``, ``_acceptance_sha256``, ``_reason``; nulls left
+out), a cohort's ``infer`` in an ``operating_point`` BYTES output (one JSON object per model).
 
 Tensor data travel as JSON (BYTES elements base64-encoded) or, with the binary tensor data
 extension, as raw bytes after the JSON header (``Inference-Header-Content-Length``). Two more
@@ -31,7 +35,7 @@ import struct
 import numpy as np
 from flask import Blueprint, Response, request
 
-from gateway import errors, service
+from gateway import errors, operating, service
 from gateway.state import current
 from serving.client import ServingRejected, ServingUnavailable
 
@@ -254,10 +258,31 @@ def _sr_output(images: list, answers: list[dict], ensemble: dict | None = None) 
     return "BYTES", np.array([report], dtype=object)
 
 
+def _site(parsed: dict) -> str | None:
+    """The site the request asks for (``"parameters": {"site": ...}``), checked."""
+    parameters = parsed.get("parameters")
+    site = parameters.get("site") if isinstance(parameters, dict) else None
+    if site is not None and not isinstance(site, str):
+        raise BadRequest("the site parameter must be a string, a site's name")
+    return operating.resolve(current().deployed, site)
+
+
+def _at_site(name: str, prediction, site: str | None) -> tuple[dict, dict]:
+    """(the operating point, the outputs at it) of one model's answer on every image."""
+    outputs = prediction.outputs
+    point = operating.point(current().deployed, name, prediction.version, site, float(outputs["threshold"][0]))
+    rows = [operating.apply(point, float(p), int(label)) for p, label in zip(outputs["probability"], outputs["label"])]
+    return point, {"probability": np.array([r[0] for r in rows], np.float32),
+                   "label": np.array([r[1] for r in rows], np.int64),
+                   "threshold": np.full(len(rows), point["threshold"], np.float32)}
+
+
 def _predict(name: str, version: str | None, signature: str = "serving_default"):
     """(parsed request, Prediction) of one model on the request's images."""
     card = _card(name)
     parsed, binary = _read_request()
+    if signature == "serving_default":
+        _site(parsed)                # an unknown site is refused before any image is read
     images = _images(parsed, binary, card["image_size"], card["modality"])
     state = current()
     prediction, label = service.route(state, name, [u.png for u in images], signature, _check_version(name, version))
@@ -273,13 +298,13 @@ def _predict(name: str, version: str | None, signature: str = "serving_default")
 @blueprint.post("/models/<name>/versions/<version>/infer")
 def infer(name, version=None):
     parsed, prediction, images = _predict(name, version)
-    outputs = {k: (t, prediction.outputs[k]) for k, t in OUTPUTS.items()}
+    point, answered = _at_site(name, prediction, _site(parsed))
+    outputs = {k: (t, answered[k]) for k, t in OUTPUTS.items()}
     if _wants_sr(parsed):
-        first = {k: prediction.outputs[k][0] for k in OUTPUTS}
-        answer = {"model": name, "version": prediction.version, "probability": float(first["probability"]),
-                  "threshold": float(first["threshold"]), "label": int(first["label"])}
+        answer = {"model": name, "version": prediction.version, "probability": float(answered["probability"][0]),
+                  "threshold": point["threshold"], "label": int(answered["label"][0]), "operating_point": point}
         outputs[SR_OUTPUT] = _sr_output(images, [answer])
-    return _respond(parsed, name, str(prediction.version), outputs)
+    return _respond(parsed, name, str(prediction.version), outputs, operating.parameters(point))
 
 
 @blueprint.post("/models/<name>/explain")
@@ -296,18 +321,21 @@ def compare(modality, strategy):
     if not names:
         raise errors.NotDeployed(f"no cohort {modality}/{strategy} is deployed")
     parsed, binary = _read_request()
+    site = _site(parsed)
     images = _images(parsed, binary, max(state.deployed.card(n)["image_size"] for n in names), modality)
     if len(images) != 1:
         raise BadRequest("a compare takes one image (shape [1])")
-    result = service.compare(state, names, images[0])
+    result = service.compare(state, names, images[0], site)
     answered = [r for r in result["models"] if "error" not in r]
     outputs = {"model": ("BYTES", np.array([r["model"].encode() for r in answered], dtype=object)),
                "probability": ("FP32", np.array([r["probability"] for r in answered], np.float32)),
                "label": ("INT64", np.array([r["label"] for r in answered], np.int64)),
-               "threshold": ("FP32", np.array([r["threshold"] for r in answered], np.float32))}
+               "threshold": ("FP32", np.array([r["threshold"] for r in answered], np.float32)),
+               "operating_point": ("BYTES", np.array([json.dumps(r["operating_point"]).encode() for r in answered],
+                                                     dtype=object))}
     ensemble = result["ensemble"]
     parameters = {"agreeing": result["agreement"]["agreeing"], "of": result["agreement"]["of"],
-                  "unanimous": result["agreement"]["unanimous"]}
+                  "unanimous": result["agreement"]["unanimous"], **({"site": site} if site else {})}
     if ensemble["available"]:
         outputs.update(ensemble_probability=("FP32", np.array([ensemble["probability"]], np.float32)),
                        ensemble_label=("INT64", np.array([ensemble["label"]], np.int64)),

@@ -117,6 +117,26 @@ def test_each_group_names_its_algorithm_version_and_card(case):
                                                             if p.startswith("member=")]
 
 
+@dciodvfy.required
+def test_each_group_names_its_operating_point_a_sites_or_the_models_own():
+    import dataclasses
+
+    own, other = cohort_results("ultrasound")[:2]
+    at_site = dataclasses.replace(other, site="north", temperature=1.8, threshold=0.27, acceptance_sha256="c" * 64)
+    sr = build(image_header("US"), [own, at_site])
+    found = dciodvfy.validate(dicom_sr.to_bytes(sr))
+    assert not found.errors, found.describe()
+    said = []
+    for group in groups(read_back(sr)):
+        said.append([item.value for item in group[0].ContentSequence if item.name.meaning == "Algorithm Parameters"])
+    assert {"operating_point=model own", "decision_threshold=0.41", "temperature=1"} <= set(said[0])
+    assert not any(p.startswith("site_acceptance_sha256=") for p in said[0])
+    assert {"operating_point=site north", "decision_threshold=0.27", "temperature=1.8",
+            f"site_acceptance_sha256={'c' * 64}"} <= set(said[1])
+    with pytest.raises(ValueError, match="temperature"):
+        dataclasses.replace(own, temperature=0.0)
+
+
 def test_the_sr_is_filed_in_the_image_study_in_a_series_of_its_own(case):
     source, results = case
     first, second = read_back(build(source, results)), read_back(build(source, results))
