@@ -12,7 +12,7 @@ from pathlib import Path
 
 from components.core import audit, cli, identity, phi, tls
 from components.core.identity import ClientCredentials
-from dicom_node import pacs
+from dicom_node import pacs, sites
 from dicom_node.doors import Doors, parse_senders
 from dicom_node.node import Node, NodeConfig
 from dicom_node.report import Retry
@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sender", action="append", default=[], metavar="AET[=HOST[,HOST]]",
                     help="a PACS or modality that may C-STORE to the node, by calling AE title, optionally only from "
                          "these addresses (repeatable; at least one: unknown senders are rejected at association)")
+    ap.add_argument("--site", action="append", default=[], metavar="AET=SITE",
+                    help="images from this calling AE title (a --sender) are read at SITE's accepted operating point "
+                         "(the gateway's ?site=; repeatable); others at the model's own")
+    ap.add_argument("--site-institution", action="append", default=[], metavar="NAME=SITE",
+                    help="images whose Institution Name is NAME (any case) at SITE's operating point, where their "
+                         "AE title maps to none (a central PACS forwarding several sites; STOW-RS); repeatable")
     identity.add_door_arguments(ap, os.environ, "NODE_AUTH", "STOW-RS needs a bearer token and the node presents "
                                                              "its own to the gateway")
     ap.add_argument("--client-id", default=os.environ.get("NODE_CLIENT_ID"),
@@ -113,6 +119,7 @@ def config(args: argparse.Namespace) -> NodeConfig:
     store = pacs.store_to(*args.store_to, calling_aet=args.ae_title, auth=args.pacs_auth,
                           tls=tls.from_arguments(args, "pacs-tls"), allow_plaintext=args.allow_plaintext_pacs)
     dicom_tls = door_tls(args)
+    site_map = sites.parse(args.site, args.site_institution, parse_senders(args.sender))
     doors, credentials = doors_and_credentials(args)
     return NodeConfig(
         ae_title=args.ae_title, gateway=args.gateway, doors=doors, credentials=credentials, store=store,
@@ -122,7 +129,8 @@ def config(args: argparse.Namespace) -> NodeConfig:
         quiet_s=args.quiet_seconds, max_associations=args.max_associations,
         http_connections=args.http_connections, max_pdu=args.max_pdu,
         budget_bytes=int(args.memory_budget_mb * (1 << 20)), retry=Retry(args.retries + 1, args.retry_delay),
-        workers=args.workers, gateway_timeout_s=args.gateway_timeout)
+        workers=args.workers, gateway_timeout_s=args.gateway_timeout,
+        sites=site_map)
 
 
 def door_tls(args: argparse.Namespace) -> tls.TLSFiles | None:

@@ -40,8 +40,9 @@ class Refused(Exception):
         self.sop_class_uid, self.sop_instance_uid = sop_class_uid, sop_instance_uid
 
 
-def admit(data: bytes) -> Instance:
-    """``data`` (a Part 10 file) as an Instance the node holds, or Refused."""
+def admit(data: bytes, sender: str | None = None) -> Instance:
+    """``data`` (a Part 10 file) as an Instance the node holds, or Refused. ``sender``: the
+    calling AE title it came from (the site mapping reads it, with the Institution Name)."""
     syntax = _transfer_syntax(data)
     if syntax not in dicom.TRANSFER_SYNTAXES:
         raise Refused(TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {pydicom.uid.UID(syntax).name or syntax!r} "
@@ -51,6 +52,7 @@ def admit(data: bytes) -> Instance:
         with config.disable_value_validation():
             header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
             uids = {k: str(header.get(k, "")) for k in ("SOPClassUID", *_UID_KEYWORDS)}
+            institution = str(header.get("InstitutionName", "") or "").strip() or None
     except Exception as e:       # a damaged header reaches pydicom code paths that raise anything
         raise Refused(CANNOT_UNDERSTAND, f"unreadable DICOM header ({type(e).__name__})") from None
     sop_class, sop_instance, study = uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"]
@@ -64,7 +66,7 @@ def admit(data: bytes) -> Instance:
         wrong = ", ".join(k for k, ok in valid.items() if not ok)
         raise Refused(DOES_NOT_MATCH_SOP_CLASS, f"invalid {wrong} (a UID is digits and dots, at most 64 characters)",
                       **known)
-    return Instance(data, sop_instance, sop_class, study, dicom.IMAGE_CLASSES[sop_class][0])
+    return Instance(data, sop_instance, sop_class, study, dicom.IMAGE_CLASSES[sop_class][0], sender, institution)
 
 
 def _transfer_syntax(data: bytes) -> str:

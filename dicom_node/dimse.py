@@ -96,7 +96,7 @@ def _on_store(event, inbox: Inbox, doors: Doors) -> Dataset:
         doors.record("c-store", sender, [], peer.address, status, study_uid=instance and instance.study_uid,
                      instance_uid=instance and instance.sop_instance_uid, detail=detail)
     try:
-        instance = admission.admit(event.encoded_dataset(include_meta=True))
+        instance = admission.admit(event.encoded_dataset(include_meta=True), sender)
         inbox.add(instance)
     except admission.Refused as e:
         log.warning("C-STORE from %s refused (0x%04X): %s", sender, e.status, e.reason)

@@ -38,6 +38,8 @@ class Instance:
     sop_class_uid: str
     study_uid: str = field(repr=False)
     modality: str                     # the product's modality: mammography, ultrasound
+    sender: str | None = None         # the calling AE title it came from (None: STOW-RS)
+    institution: str | None = field(default=None, repr=False)   # its Institution Name (0008,0080), if any
     # "instance" and "study" -> tag, filled by the inbox that takes it (it holds the key)
     tags: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 

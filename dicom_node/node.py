@@ -13,6 +13,7 @@ from dicom_node import dimse, stow
 from dicom_node.doors import Doors
 from dicom_node.inbox import Batch, Inbox
 from dicom_node.report import Reporter, Retry, Store
+from dicom_node.sites import SiteMap
 
 log = logging.getLogger("dicom_node")
 
@@ -40,6 +41,7 @@ class NodeConfig:
     dicom_tls: TLSFiles | None = None          # the C-STORE door's certificate (and the senders' CA); None: plaintext
     http_tls: TLSFiles | None = None           # the STOW-RS door's certificate; None: plain HTTP
     gateway_tls: TLSFiles | None = None        # an https gateway's CA (and the node's certificate for mutual TLS)
+    sites: SiteMap = SiteMap()                 # sender or institution -> the site whose operating point is asked
 
 
 class Node:
@@ -50,7 +52,7 @@ class Node:
         self.config = config
         self.inbox = Inbox(config.budget_bytes, config.quiet_s, config.doors.phi_key)
         self.report = report or Reporter(config.gateway, config.strategies, config.store, config.retry,
-                                         config.gateway_timeout_s, config.credentials, config.gateway_tls)
+                                         config.gateway_timeout_s, config.credentials, config.gateway_tls, config.sites)
         self._workers = ThreadPoolExecutor(config.workers, thread_name_prefix="dicom-node-report")
         self._stopping = threading.Event()
         self._scp = self._http = None

@@ -2,7 +2,8 @@
 
 Each instance goes, as it came (Part 10), to the gateway's compare endpoint for its modality
 (``POST /api/v1/cohorts/<modality>/<strategy>:compare``, ``Accept: application/dicom``), which
-answers the TID 1500 SR. Nothing half-done becomes visible in the PACS:
+answers the TID 1500 SR; with ``?site=`` where its sender or institution is mapped to a site
+(``dicom_node.sites``), so the SR is at that site's accepted operating point. Nothing half-done becomes visible in the PACS:
 - each SR is checked before it is kept: an SR, in the image's study, referencing the image;
 - a study's SRs are stored only once every instance has an SR or a final refusal (a 4xx: the
   gateway will never read that image, so it is logged with the reason and left out); when a
@@ -27,6 +28,7 @@ import requests
 from components.core.tls import TLSFiles
 from dicom_node.inbox import Batch, Instance
 from dicom_node.sessions import with_tls
+from dicom_node.sites import SiteMap
 
 log = logging.getLogger("dicom_node")
 DICOM = "application/dicom"
@@ -69,8 +71,8 @@ class Retry:
 
 class Reporter:
     def __init__(self, gateway: str, strategies: dict[str, str], store: Store, retry: Retry = Retry(),
-                 timeout_s: float = 60.0, credentials=None, tls: TLSFiles | None = None):
-        self.gateway, self.strategies, self.store = gateway.rstrip("/"), strategies, store
+                 timeout_s: float = 60.0, credentials=None, tls: TLSFiles | None = None, sites: SiteMap = SiteMap()):
+        self.gateway, self.strategies, self.store, self.sites = gateway.rstrip("/"), strategies, store, sites
         self.retry, self.timeout_s, self.tls = retry, timeout_s, tls   # tls: an https gateway's CA (and the node's cert)
         self.credentials = credentials        # the node's own token (OAuth2 client credentials), or None
         self._local = threading.local()          # a requests.Session per worker: sessions are not thread-safe
@@ -111,12 +113,13 @@ class Reporter:
         if strategy is None:
             raise Permanent(f"no strategy is configured for {instance.modality}")
         url = f"{self.gateway}/api/v1/cohorts/{instance.modality}/{strategy}:compare"
+        site = self.sites.site_for(instance)
         try:
             identity = self.credentials.header() if self.credentials else {}
         except (OSError, ValueError, KeyError) as e:
             raise Transient(f"the identity provider gave the node no token ({type(e).__name__})") from None
         try:
-            answer = self.session.post(url, data=instance.data, timeout=self.timeout_s,
+            answer = self.session.post(url, data=instance.data, timeout=self.timeout_s, params={"site": site} if site else None,
                                        headers={"Content-Type": DICOM, "Accept": DICOM, **identity})
         except requests.RequestException as e:
             raise Transient(f"the gateway did not answer ({type(e).__name__})") from None

@@ -36,6 +36,7 @@ from dicom_node import Node, NodeConfig, admission, pacs
 from dicom_node.__main__ import build_parser, config as node_config, main as node_main
 from dicom_node.doors import Doors
 from dicom_node.inbox import tag
+from dicom_node import sites as node_sites
 from dicom_node.report import Reporter, Retry, Transient, referenced_instances
 from dicom_node.stow import split_multipart
 from tests import dciodvfy, dicom_fixtures, orthanc
@@ -482,6 +483,97 @@ def test_an_answer_that_is_not_a_report_on_the_image_is_not_filed():
             instance = admission.admit(mammogram())
             with pytest.raises(Exception, match=reason):
                 reporter.ask(instance)
+
+
+# -- per-site operating points: the node asks the real gateway for its senders' sites -------------
+
+def test_the_node_asks_for_the_site_its_sender_or_institution_maps_to(pipeline_outputs, tmp_path, issuer):
+    """The node's own reporter (built from its configuration) asks a real gateway, as itself:
+    an image from the AE title mapped to site north, and one whose Institution Name is mapped to
+    it, get SRs at north's accepted operating point for the model north accepted; an image from
+    an unmapped sender gets the model's own, as does every model without a north profile."""
+    from components.core.identity import ClientCredentials
+    from serving import sites
+    from tests.conftest import live_gateway
+    from tests.test_sites import algorithm_parameters, write_profile
+
+    north_aet, name = "NORTH_US", "ultrasound-resnet50-unfrozen"
+    senders = {north_aet: frozenset(), "TEST_SCU": frozenset()}
+    site_map = node_sites.parse([f"{north_aet}=north"], ["North Hospital=north"], senders)
+    issuer.register_client("site-node", "site-node-secret", ["clinician"])
+    root = tmp_path / "repo"
+    images = {"by AE title": (north_aet, dicom_fixtures.ultrasound()),
+              "unmapped": ("TEST_SCU", dicom_fixtures.ultrasound()),
+              "by institution": ("TEST_SCU", dicom_fixtures.ultrasound(InstitutionName="  north HOSPITAL"))}
+    with live_gateway(pipeline_outputs, root, issuer) as (_, gateway):
+        sites.accept(root, name, write_profile(tmp_path / "profiles", "north", name, 1, 2.0, 0.5), "north accepted")
+        store = KeepingStore()
+        doors = Doors(senders, None, audit.ChainedLog(TRUSTED["audit"]), NODE_KEY)
+        config = NodeConfig(ae_title=NODE_AET, gateway=f"http://{gateway}", store=store, doors=doors,
+                            credentials=ClientCredentials(issuer.url, "site-node", "site-node-secret"),
+                            strategies={"mammography": "progressive", "ultrasound": "unfrozen"}, sites=site_map,
+                            dicom_port=0, http_port=0, quiet_s=0.3, retry=Retry(2, 0.0, sleep=lambda s: None))
+        node = Node(config).start()
+        try:
+            for calling, image in images.values():
+                assert c_store_from(calling, node.dicom_port, image) == [admission.SUCCESS]
+            wait_for(lambda: len(store.datasets) == 3, 120, "three reports")
+        finally:
+            node.stop()
+            doors.log.close()
+        at_north = requests.post(f"http://{gateway}/api/v1/cohorts/ultrasound/unfrozen:compare", params={"site": "north"},
+                                 data=images["by AE title"][1], timeout=60, headers={
+                                     "Content-Type": "application/dicom", "Accept": "application/json",
+                                     **issuer.headers()}).json()
+    reports = {str(pydicom.dcmread(io.BytesIO(image), stop_before_pixels=True).SOPInstanceUID): how
+               for how, (_, image) in images.items()}
+    said = {reports[next(iter(referenced_instances(sr)))]: algorithm_parameters(sr) for sr in store.datasets}
+    for how in ("by AE title", "by institution"):
+        assert "operating_point=site north" in said[how][name], how
+        assert "operating_point=model own" in said[how]["ultrasound-vgg16-unfrozen"], how
+    assert all("operating_point=model own" in parameters for parameters in said["unmapped"].values())
+    assert "ultrasound-ensemble-unfrozen" in said["unmapped"] and "ultrasound-ensemble-unfrozen" not in said["by AE title"]
+    (north_sr,) = [sr for sr in store.datasets if reports[next(iter(referenced_instances(sr)))] == "by AE title"]
+    probability = {g.tracking_identifier.rsplit(" ", 1)[0]: g.get_measurements(name=codes.DCM.ProbabilityOfCancer)[0]
+                   for g in hd.sr.Comprehensive3DSR.from_dataset(north_sr).content.get_image_measurement_groups()}
+    answered = next(m for m in at_north["models"] if m["model"] == name)
+    assert answered["operating_point"]["site"] == "north"
+    assert probability[name].value == pytest.approx(answered["probability"], abs=1e-6)
+
+
+def test_site_mappings_are_checked_when_the_node_starts():
+    senders = {"NORTH_US": frozenset()}
+    for aets, institutions, message in [(["ELSEWHERE=north"], [], "not a --sender"),
+                                        (["NORTH_US=North Site"], [], "a site is 1 to 32"),
+                                        ([], ["=north"], "give NAME=SITE"),
+                                        ([], ["North Hospital"], "give NAME=SITE")]:
+        with pytest.raises(ValueError, match=message):
+            node_sites.parse(aets, institutions, senders)
+    mapped = node_sites.parse(["NORTH_US=north"], ["North  Hospital=north-2"], senders)
+    stow_image = admission.admit(dicom_fixtures.ultrasound(InstitutionName="NORTH HOSPITAL"))    # no AE title
+    assert mapped.site_for(stow_image) == "north-2"
+    assert mapped.site_for(admission.admit(dicom_fixtures.ultrasound(InstitutionName="North Hospital"),
+                                           "NORTH_US")) == "north"           # the AE title wins
+    assert mapped.site_for(admission.admit(dicom_fixtures.ultrasound())) is None
+
+
+class KeepingStore:
+    """A PACS that keeps the SRs it is given."""
+
+    def __init__(self):
+        self.datasets = []
+
+    def put(self, datasets):
+        self.datasets.extend(datasets)
+
+
+def c_store_from(calling: str, port: int, *instances: bytes) -> list[int]:
+    assoc = scu(calling=calling).associate("127.0.0.1", port, ae_title=NODE_AET)
+    assert assoc.is_established, f"association from {calling} refused"
+    try:
+        return [int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status) for data in instances]
+    finally:
+        assoc.release()
 
 
 # -- with a real PACS ---------------------------------------------------------------------------
