@@ -241,3 +241,32 @@ def test_the_operating_point_meets_its_target_on_the_calibration_part(measure):
     reached, other = (at["recall"], at["specificity"]) if measure == "sensitivity" else (at["specificity"], at["recall"])
     assert 0.85 <= reached < 0.9 and other > 0.3
     assert choice.threshold == round(choice.threshold, 4) and choice.temperature == round(choice.temperature, 4)
+
+
+def test_the_accepted_profile_is_recorded_and_served_at_that_site_only(accepted, served, site_b, issuer):
+    """From acceptance to serving: the profile the command wrote is recorded in the model
+    repository (serving.sites) and the gateway answers a site B image at its operating point."""
+    from gateway.app import create_app
+    from serving import sites
+    from tests.conftest import gateway_config, signed_in
+
+    done, out = accepted
+    assert done.returncode == 0, done.stderr[-3000:]
+    address, work = served
+    sites.accept(work / "repo", MODEL, out / "site-profile.json", "accepted on site B's own images")
+    profile = json.loads((out / "site-profile.json").read_text())
+    assert sites.current(work / "repo", MODEL)["site-b"]["threshold"] == profile["threshold"]
+    client = signed_in(create_app(gateway_config(issuer, work / "repo", address, repository_refresh_s=0)).test_client(),
+                       issuer)
+    image = next(p for p in sorted(site_b.rglob("*.png")))
+    answers = {}
+    for query in ("?site=site-b", ""):
+        answer = client.post(f"/api/v1/models/{MODEL}:predict{query}", data={"image": (io.BytesIO(image.read_bytes()),
+                                                                                       image.name)},
+                             content_type="multipart/form-data")
+        assert answer.status_code == 200, answer.json
+        answers[query] = answer.json["operating_point"]
+    assert answers["?site=site-b"]["site"] == "site-b"
+    assert answers["?site=site-b"]["threshold"] == profile["threshold"]
+    assert answers["?site=site-b"]["acceptance_sha256"] == profile["acceptance_sha256"]
+    assert answers[""]["site"] is None and answers[""]["threshold"] != profile["threshold"]
