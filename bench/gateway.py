@@ -200,6 +200,13 @@ def start_stack(repo: Path, batching: bool, issuer, tls=None) -> tuple[list[subp
     return [server, gateway], url, f"{host}:{grpc_port}"
 
 
+def stop_stack(procs: list[subprocess.Popen], client) -> None:
+    client.close()
+    for p in procs:
+        p.terminate()
+        p.wait(30)
+
+
 def paired_single(url: str, client, body: bytes, png: bytes, n: int, gateway_pid: int, name: str):
     """(gateway seconds, direct seconds, gateway CPU ms per request) of ``n`` alternating calls."""
     for _ in range(3):
@@ -288,10 +295,7 @@ def main(argv: list[str]) -> int:
                     throughput[clients] = total / (time.perf_counter() - t)
                 results[batching] = (single, compare, throughput)
             finally:
-                client.close()
-                for p in procs:
-                    p.terminate()
-                    p.wait(30)
+                stop_stack(procs, client)
 
         # the same, batching on, with mutual TLS on the gRPC hop (certificates from a CA made here)
         from components.core.tls import TLSFiles
@@ -309,10 +313,7 @@ def main(argv: list[str]) -> int:
                 secure[backbone] = (percentiles(through), percentiles(straight),
                                     float(np.median(np.subtract(through, straight)) * 1000))
         finally:
-            client.close()
-            for p in procs:
-                p.terminate()
-                p.wait(30)
+            stop_stack(procs, client)
 
     single, compare, throughput = results[True]
     print("\nsingle-model latency (batching on)   direct gRPC p50/p99    gateway p50/p99   "

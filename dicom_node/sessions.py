@@ -1,5 +1,5 @@
-"""HTTP sessions of the node's outgoing hops (the gateway, a DICOMweb PACS) over TLS with the
-hospital's CA and the node's own certificate."""
+"""The node's outgoing HTTPS hops (the gateway, a DICOMweb PACS): the hospital's CA trusted and
+the node's own certificate presented."""
 from __future__ import annotations
 
 import requests
@@ -9,9 +9,9 @@ from components.core.tls import TLSFiles
 
 
 class _TLSAdapter(requests.adapters.HTTPAdapter):
-    """Every request with the session's own CA and certificate: requests otherwise lets the
-    environment's REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (set on many hosts) replace a session's
-    ``verify``, and the peer would be trusted on the system's authorities, not the hospital's."""
+    """Every request sent with the configured CA and certificate: requests lets the environment's
+    REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (set on many hosts) take precedence over a configured
+    ``verify``, and the peer would then be trusted on the system's authorities, not the hospital's."""
 
     def __init__(self, verify: str | bool, cert: tuple[str, str] | None):
         super().__init__()
@@ -22,7 +22,7 @@ class _TLSAdapter(requests.adapters.HTTPAdapter):
 
 
 def with_tls(s: requests.Session | None, tls: TLSFiles | None) -> requests.Session | None:
-    """``s`` (or a new session) trusting ``tls.ca`` and presenting ``tls.cert`` where given."""
+    """``s`` (or a new ``requests.Session``) trusting ``tls.ca`` and presenting ``tls.cert`` where given."""
     if tls is None:
         return s
     s = s or requests.Session()

@@ -71,8 +71,8 @@ class ServingClient:
         self._options = [
             ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
             # gRPC's default reconnect back-off grows to 2 minutes; keep it short so the gateway
-            # recovers within seconds of the model server coming back. The "min" is also how
-            # long one attempt may take to connect: 250 ms cut TLS handshakes short for good
+            # recovers within seconds of the model server coming back. The "min" is also gRPC's
+            # shortest allowance for one connection attempt, TLS handshake included: 5 s, not 250 ms
             ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 5000),
             ("grpc.max_reconnect_backoff_ms", 2000)]
         self._credentials = None
