@@ -348,3 +348,50 @@ def test_the_gateway_alone_serves_https_only_with_hsts_and_bodies_in_memory(tmp_
         assert https.budget.used == 0
     finally:
         https.close()
+
+
+def test_the_https_gateway_answers_healthz_while_16_slow_clients_trickle_uploads(tmp_path, issuer):
+    """Hypercorn too reads bodies in its event loop: TLS clients trickling uploads hold a
+    connection each, not one of the two threads that run the app."""
+    import ssl
+
+    from components.core.tls import TLSFiles
+    from tests.tlsca import CertificateAuthority
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    pair = ca.certify("gateway", client=False)
+    _, https = server(gateway_config(issuer, tmp_path, f"127.0.0.1:{free_port()}"), "127.0.0.1", 0, threads=2,
+                      tls_files=TLSFiles(pair.cert, pair.key))
+    threading.Thread(target=https.run, daemon=True).start()
+    trusted = TLSFiles(ca=ca.cert).client_context()
+    slow, stop = [], threading.Event()
+    try:
+        for _ in range(16):
+            s = trusted.wrap_socket(socket.create_connection(("127.0.0.1", https.effective_port), timeout=10),
+                                    server_hostname="localhost")
+            s.sendall(f"POST /api/v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      "Content-Length: 1000000\r\n\r\n".encode() + b"\x89PNG")
+            slow.append(s)
+
+        def trickle():
+            while not stop.wait(0.2):
+                for s in slow:
+                    try:
+                        s.send(b"\x00")
+                    except (OSError, ssl.SSLError):
+                        pass
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.0)
+        latencies = []
+        for _ in range(10):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"https://localhost:{https.effective_port}/healthz", context=trusted,
+                                        timeout=5) as r:
+                assert r.status == 200
+            latencies.append(time.monotonic() - started)
+        assert max(latencies) < 1.0, latencies
+    finally:
+        stop.set()
+        for s in slow:
+            s.close()
+        https.close()
